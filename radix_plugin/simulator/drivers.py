@@ -1,0 +1,173 @@
+"""Cache drivers: one admission/finish protocol over vLLM's real manager and the radix tree.
+
+Both drivers allocate a request's prompt *and* output slots at admission, cache the prompt's
+full blocks at admission (vLLM caches blocks as soon as they are scheduled, so concurrent
+siblings can hit them), cache the output's full blocks at finish, and release everything at
+finish. Both cap a hit at ``prompt_length - 1`` tokens, as vLLM does (the last token is always
+recomputed to produce logits). Capacity is counted in usable blocks (vLLM's null block is
+added on top), so hit numbers are directly comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from radix_plugin.cache_manager.policies.base import EvictionPolicy
+from radix_plugin.cache_manager.radix_tree import RadixNode, RadixTree
+
+
+class CacheDriver(Protocol):
+    name: str
+
+    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+        """Allocate KV for the whole request; hit tokens, or ``None`` if it does not fit now."""
+
+    def finish(self, index: int) -> None:
+        """Cache the request's output blocks and release its blocks."""
+
+    def leaked_blocks(self) -> int:
+        """Blocks neither free nor cached after every request finished (must be 0)."""
+
+
+def _blocks_for(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+@dataclass(slots=True)
+class _Active:
+    blocks: list[int]
+    sequence: list[int]
+    node: RadixNode
+    private: set[int]
+
+
+class RadixDriver:
+    """The radix tree plus a free list, as the plugin's block pool manages them."""
+
+    def __init__(
+        self,
+        capacity_blocks: int,
+        block_size: int,
+        policy: EvictionPolicy,
+        max_pinned_blocks: int | None = None,
+    ) -> None:
+        self.name = policy.name
+        self.block_size = block_size
+        self.capacity = capacity_blocks
+        if max_pinned_blocks is None:
+            max_pinned_blocks = capacity_blocks // 4
+        self.tree = RadixTree(block_size, policy, max_pinned_blocks=max_pinned_blocks)
+        self._free = list(range(capacity_blocks - 1, -1, -1))
+        self._active: dict[int, _Active] = {}
+
+    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+        bs, tree = self.block_size, self.tree
+        prompt_pages = tree.pages_of(prompt)
+        match = tree.match_prefix(
+            prompt_pages, touch=False, split=True, max_blocks=(len(prompt) - 1) // bs
+        )
+        hit = len(match.blocks)
+        needed = _blocks_for(len(prompt) + len(output), bs) - hit
+        tree.lock(match.last_node)
+        shortfall = needed - len(self._free)
+        if shortfall > 0:
+            if tree.evictable_blocks() < shortfall:
+                tree.unlock(match.last_node)
+                return None
+            self._free.extend(tree.evict(shortfall))
+        tree.touch(match.last_node, query_blocks=len(prompt_pages))
+        new = [self._free.pop() for _ in range(needed)]
+        blocks = match.blocks + new
+        already, node = tree.insert(prompt_pages, blocks[: len(prompt_pages)])
+        tree.lock(node)
+        tree.unlock(match.last_node)
+        private = set(blocks[hit:already]) | set(blocks[len(prompt_pages) :])
+        self._active[index] = _Active(blocks, prompt + output, node, private)
+        return hit * bs
+
+    def finish(self, index: int) -> None:
+        act = self._active.pop(index)
+        pages = self.tree.pages_of(act.sequence)
+        already, node = self.tree.insert(pages, act.blocks[: len(pages)])
+        owned_by_tree = set(act.blocks[already : len(pages)])
+        self.tree.unlock(act.node)
+        self._free.extend(b for b in act.blocks if b in act.private and b not in owned_by_tree)
+
+    def leaked_blocks(self) -> int:
+        return self.capacity - len(self._free) - self.tree.stats().cached_blocks
+
+
+class VllmDriver:
+    """vLLM 0.32's own ``KVCacheManager`` with prefix caching (real code, not a model of it)."""
+
+    name = "vllm"
+
+    def __init__(self, capacity_blocks: int, block_size: int, max_model_len: int) -> None:
+        import torch
+        from vllm.sampling_params import SamplingParams
+        from vllm.utils.hashing import get_hash_fn_by_name
+        from vllm.v1.core.kv_cache_manager import KVCacheManager
+        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        from vllm.v1.kv_cache_interface import (
+            FullAttentionSpec,
+            KVCacheConfig,
+            KVCacheGroupSpec,
+        )
+
+        hash_fn = get_hash_fn_by_name("sha256")
+        init_none_hash(hash_fn)
+        spec = FullAttentionSpec(
+            block_size=block_size, num_kv_heads=1, head_size=64, dtype=torch.float16
+        )
+        config = KVCacheConfig(
+            num_blocks=capacity_blocks + 1,  # + vLLM's reserved null block
+            kv_cache_tensors=[],
+            kv_cache_groups=[KVCacheGroupSpec(["layer.0"], spec)],
+        )
+        self.block_size = block_size
+        self.capacity = capacity_blocks
+        self.manager = KVCacheManager(
+            config,
+            max_model_len=max_model_len,
+            scheduler_block_size=block_size,
+            hash_block_size=block_size,
+            enable_caching=True,
+        )
+        self._hasher = get_request_block_hasher(block_size, hash_fn)
+        self._sampling = SamplingParams
+        self._active: dict[int, object] = {}
+
+    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+        from vllm.v1.request import Request
+
+        req = Request(
+            request_id=str(index),
+            prompt_token_ids=prompt,
+            sampling_params=self._sampling(max_tokens=max(1, len(output))),
+            pooling_params=None,
+            block_hasher=self._hasher,
+        )
+        computed, num_hit, *_ = self.manager.get_computed_blocks(req)
+        new = self.manager.allocate_slots(
+            req,
+            len(prompt) + len(output) - num_hit,
+            num_new_computed_tokens=num_hit,
+            new_computed_blocks=computed,
+        )
+        if new is None:
+            return None
+        req.num_computed_tokens = len(prompt)
+        req.append_output_token_ids(output)
+        req.num_computed_tokens = len(prompt) + len(output)
+        self._active[index] = (req, output)
+        return num_hit
+
+    def finish(self, index: int) -> None:
+        req, output = self._active.pop(index)
+        self.manager.cache_blocks(req, req.num_computed_tokens)
+        self.manager.free(req)
+
+    def leaked_blocks(self) -> int:
+        pool = self.manager.block_pool
+        return self.capacity - pool.get_num_free_blocks()

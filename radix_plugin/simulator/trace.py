@@ -1,0 +1,89 @@
+"""Mooncake-format request traces: one JSON object per line.
+
+``{"timestamp": ms, "input_length": n, "output_length": m, "hash_ids": [...]}`` where hash id
+``i`` names the content of prompt block ``i`` (``block_size`` tokens; the last block may be
+partial). Equal ids mean equal content *and* equal prefix, as in Mooncake's published traces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    timestamp: int
+    input_length: int
+    output_length: int
+    hash_ids: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        record["hash_ids"] = list(self.hash_ids)
+        if not self.extra:
+            del record["extra"]
+        return json.dumps(record, separators=(",", ":"))
+
+
+class TraceFormatError(ValueError):
+    """A trace line that is not valid Mooncake JSONL; names the file and line."""
+
+
+_REQUIRED = ("timestamp", "input_length", "output_length", "hash_ids")
+
+
+def parse_mooncake_line(line: str, block_size: int, where: str = "<trace>") -> TraceRequest:
+    """Parse and validate one line; the hash ids must cover ``input_length`` tokens."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TraceFormatError(f"{where}: not JSON ({exc.msg})") from None
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise TraceFormatError(f"{where}: missing field(s) {missing}; required: {list(_REQUIRED)}")
+    n_in, ids = int(obj["input_length"]), [int(h) for h in obj["hash_ids"]]
+    needed = -(-n_in // block_size)
+    if len(ids) < needed:
+        raise TraceFormatError(
+            f"{where}: input_length {n_in} needs {needed} hash ids at block size "
+            f"{block_size}, got {len(ids)} (is --block-size right?)"
+        )
+    extra = {k: v for k, v in obj.items() if k not in _REQUIRED}
+    return TraceRequest(
+        timestamp=int(obj["timestamp"]),
+        input_length=n_in,
+        output_length=int(obj["output_length"]),
+        hash_ids=tuple(ids[:needed]),
+        extra=extra,
+    )
+
+
+def load_mooncake(
+    path: str | Path, block_size: int, limit: int | None = None
+) -> list[TraceRequest]:
+    """Read a Mooncake JSONL trace (blank lines skipped), at most ``limit`` requests."""
+    out: list[TraceRequest] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            out.append(parse_mooncake_line(line, block_size, f"{path}:{lineno}"))
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def save_mooncake(requests: Iterable[TraceRequest], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in requests:
+            fh.write(r.to_json() + "\n")
+
+
+def iter_lines(requests: Iterable[TraceRequest]) -> Iterator[str]:
+    for r in requests:
+        yield r.to_json()
