@@ -11,7 +11,7 @@ added on top), so hit numbers are directly comparable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from radix_plugin.cache_manager.policies.base import EvictionPolicy
 from radix_plugin.cache_manager.radix_tree import RadixNode, RadixTree
@@ -89,7 +89,7 @@ class RadixDriver:
     def finish(self, index: int) -> None:
         act = self._active.pop(index)
         pages = self.tree.pages_of(act.sequence)
-        already, node = self.tree.insert(pages, act.blocks[: len(pages)])
+        already, _ = self.tree.insert(pages, act.blocks[: len(pages)])
         owned_by_tree = set(act.blocks[already : len(pages)])
         self.tree.unlock(act.node)
         self._free.extend(b for b in act.blocks if b in act.private and b not in owned_by_tree)
@@ -136,7 +136,7 @@ class VllmDriver:
         )
         self._hasher = get_request_block_hasher(block_size, hash_fn)
         self._sampling = SamplingParams
-        self._active: dict[int, object] = {}
+        self._active: dict[int, Any] = {}
 
     def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
         from vllm.v1.request import Request
@@ -160,11 +160,11 @@ class VllmDriver:
         req.num_computed_tokens = len(prompt)
         req.append_output_token_ids(output)
         req.num_computed_tokens = len(prompt) + len(output)
-        self._active[index] = (req, output)
+        self._active[index] = req
         return num_hit
 
     def finish(self, index: int) -> None:
-        req, output = self._active.pop(index)
+        req = self._active.pop(index)
         self.manager.cache_blocks(req, req.num_computed_tokens)
         self.manager.free(req)
 
