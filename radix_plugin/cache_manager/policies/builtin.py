@@ -6,6 +6,7 @@ node, which lets the tree keep a lazy heap instead of re-sorting on every evicti
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -120,81 +121,75 @@ class BeladyPolicy(EvictionPolicy):
         return (-self._next_use(node), node.last_access)
 
 
-class ReuseDistancePolicy(EvictionPolicy):
-    """Online approximation of Belady from per-node reuse gaps, with admission for one-offs.
+class AdaptivePolicy(EvictionPolicy):
+    """Recency plus an adaptive frequency credit, tuned online by ghost hits (ARC's idea).
 
-    Belady evicts the block used farthest in the future. Online, we predict each leaf's next
-    use as ``last_access + expected gap``:
+    A leaf's key is ``last_access + credit * lifetime * log2(1 + hits)``: a prefix that was
+    reused survives longer than a one-off tail, by an amount measured in cache lifetimes
+    (``lifetime`` = average age of evicted leaves). Never-hit tails (hits = 0) keep plain LRU
+    order and go first, which is admission control for one-off tails.
 
-    * a node hit before has its own gap estimate, an exponential average of the gaps between
-      its accesses;
-    * a node never hit since insertion (a one-off tail in most traces) is predicted from what
-      the tree has learned about fresh nodes: the average gap to a fresh node's first reuse,
-      divided by the observed share of fresh nodes that are ever reused. Rarely reused tails
-      are thereby predicted far away and go first, which is admission control without a
-      separate filter.
-
-    A node's key is fixed between its own accesses, so the lazy heap stays valid.
+    How much frequency is worth depends on the workload (Zipf-popular prompts want it, chat
+    and tree-of-thought do not), so ``credit`` adapts: evicted pages are remembered in a
+    bounded ghost list with their class; when a miss re-inserts a ghost page that had been
+    reused, frequency was undervalued and credit grows; when it had never been reused,
+    recency was undervalued and credit shrinks toward plain LRU.
     """
 
-    name = "reuse"
-    description = "predicted next use from per-node reuse gaps (online Belady estimate)"
+    name = "adaptive"
+    description = "LRU plus a frequency credit adapted online from ghost hits (ARC-like)"
 
-    def __init__(self, *, smoothing: float = 0.5, prior_reuse: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        initial_credit: float = 1.0,
+        max_credit: float = 8.0,
+        learning_rate: float = 0.1,
+        ghost_pages: int = 4096,
+    ) -> None:
         super().__init__()
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        self.smoothing = smoothing
-        self.prior_reuse = prior_reuse
-        self._fresh_seen = 1.0
-        self._fresh_reused = prior_reuse
-        self._first_gap_sum = 0.0
-        self._first_gap_n = 0
-
-    def _fresh_estimate(self) -> float:
-        tree = self.tree
-        assert tree is not None
-        mean_gap = (
-            self._first_gap_sum / self._first_gap_n
-            if self._first_gap_n
-            else max(1.0, float(tree.now))
-        )
-        reuse_share = max(self._fresh_reused / self._fresh_seen, 1e-3)
-        return mean_gap / reuse_share
+        if not 0.0 <= initial_credit <= max_credit:
+            raise ValueError(
+                f"initial_credit must be in [0, max_credit={max_credit}], got {initial_credit}"
+            )
+        if learning_rate <= 0.0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        self.initial_credit = initial_credit
+        self.max_credit = max_credit
+        self.learning_rate = learning_rate
+        self.ghost_pages = ghost_pages
+        self.on_reset()
 
     def key(self, node: RadixNode) -> Any:
-        gap = node.metadata.get("reuse_gap")
-        if gap is None:
-            gap = self._fresh_estimate()
-        return (node.last_access + gap, node.last_access)
+        bonus = self.credit * self.lifetime * math.log2(1 + node.hit_count)
+        return (node.last_access + bonus, node.last_access)
+
+    def on_evict(self, node: RadixNode, num_blocks: int) -> None:
+        assert self.tree is not None
+        age = self.tree.now - node.last_access
+        self.lifetime = age if self.lifetime == 0.0 else 0.95 * self.lifetime + 0.05 * age
+        reused = node.hit_count > 0
+        for page in node.pages[node.num_blocks - num_blocks :]:
+            self._ghost[page] = reused
+            self._ghost.move_to_end(page)
+        while len(self._ghost) > self.ghost_pages:
+            self._ghost.popitem(last=False)
 
     def on_insert(self, node: RadixNode) -> None:
-        self._fresh_seen += 1.0
-
-    def on_hit(self, node: RadixNode) -> None:
-        meta = node.metadata
-        prev = meta.get("prev_access", node.created_at)
-        gap = float(node.last_access - prev)
-        meta["prev_access"] = node.last_access
-        old = meta.get("reuse_gap")
-        if old is None:
-            self._fresh_reused += 1.0
-            self._first_gap_sum += gap
-            self._first_gap_n += 1
-            meta["reuse_gap"] = gap
+        was_reused = self._ghost.pop(node.pages[0], None)
+        if was_reused is None:
+            return
+        if was_reused:
+            self.credit = min(self.max_credit, self.credit * (1 + self.learning_rate) + 0.01)
         else:
-            meta["reuse_gap"] = self.smoothing * gap + (1.0 - self.smoothing) * old
-
-    def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
-        upper.metadata.update(lower.metadata)
+            self.credit = self.credit / (1 + self.learning_rate)
 
     def on_reset(self) -> None:
-        self._fresh_seen = 1.0
-        self._fresh_reused = self.prior_reuse
-        self._first_gap_sum = 0.0
-        self._first_gap_n = 0
+        self.credit = self.initial_credit
+        self.lifetime = 0.0
+        self._ghost: OrderedDict[Any, bool] = OrderedDict()
 
 
 @hookimpl
 def radix_eviction_policies() -> list[type]:
-    return [LRUPolicy, LFUPolicy, PriorityPolicy, PinnedPolicy, BeladyPolicy, ReuseDistancePolicy]
+    return [LRUPolicy, LFUPolicy, PriorityPolicy, PinnedPolicy, BeladyPolicy, AdaptivePolicy]
