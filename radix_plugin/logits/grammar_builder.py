@@ -91,7 +91,8 @@ def _escape_literal(text: str) -> str:
         if ch in ('"', "\\"):
             parts.append("\\" + ch)
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            parts.append(f"\\x{ord(ch):02x}")
+            # 4-digit \u: xgrammar's \x escape is greedy and would swallow a following digit.
+            parts.append(f"\\u{ord(ch):04x}")
         else:
             parts.append(ch)
     return "".join(parts)

@@ -1,0 +1,33 @@
+"""Shared fixtures for the grammar logits-processor unit tests: the real tiny test model's
+byte-level BPE tokenizer and a real compile service built on it (no engine needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grammar_test_utils import TINY_VOCAB
+
+from radix_plugin.logits.compile_service import GrammarCompileService
+from radix_plugin.testing.models import get_model_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    return get_model_path("tiny")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def service(tokenizer: Any) -> Iterator[GrammarCompileService]:
+    svc = GrammarCompileService(lambda: tokenizer, TINY_VOCAB, max_workers=2)
+    yield svc
+    svc.shutdown()
