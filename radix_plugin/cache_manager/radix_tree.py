@@ -116,7 +116,8 @@ class RadixTree:
     """Prefix index at block granularity with lock/pin protection and policy-driven eviction.
 
     ``max_pinned_blocks`` bounds how much of the pool explicit pins may hold, so that pins can
-    never starve running requests.
+    never starve running requests. ``path_compression=False`` keeps one node per block, which
+    the vLLM glue uses so that a node's protection mirrors one block's reference count.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class RadixTree:
         block_size: int,
         policy: EvictionPolicy | None = None,
         max_pinned_blocks: int | None = None,
+        path_compression: bool = True,
     ) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -134,6 +136,7 @@ class RadixTree:
         self.block_size = block_size
         self.policy = policy
         self.max_pinned_blocks = max_pinned_blocks
+        self.path_compression = path_compression
         self._clock = 0
         self._seq = itertools.count()
         self._policy_version = policy.version
@@ -252,8 +255,12 @@ class RadixTree:
         namespace: Hashable = None,
         *,
         priority: int = 0,
+        parent: RadixNode | None = None,
     ) -> tuple[int, RadixNode]:
         """Record that ``blocks[i]`` holds page ``i`` of ``tokens``.
+
+        With ``parent``, ``tokens`` continue the prefix that ends at ``parent`` (which saves the
+        walk from the root when the caller remembers where a sequence ends).
 
         Returns ``(already_cached_blocks, last_node)``: the first ``already_cached_blocks``
         pages were cached before, under possibly different block ids; the caller keeps
@@ -265,7 +272,7 @@ class RadixTree:
         if len(blocks) < len(pages):
             pages = pages[: len(blocks)]
         now = self.tick()
-        node = self.root(namespace)
+        node = self.root(namespace) if parent is None else parent
         i = 0
         while i < len(pages):
             child = node.children.get(pages[i])
@@ -280,12 +287,14 @@ class RadixTree:
             self._rekey(node)
             i += n
         already = i
-        if i < len(pages):
+        step = len(pages) if self.path_compression else 1
+        while i < len(pages):
+            j = min(len(pages), i + step)
             leaf = RadixNode(
-                pages=list(pages[i:]),
-                blocks=list(blocks[i : len(pages)]),
+                pages=list(pages[i:j]),
+                blocks=list(blocks[i:j]),
                 parent=node,
-                namespace=namespace,
+                namespace=node.namespace,
                 last_access=now,
                 created_at=now,
                 priority=priority,
@@ -300,6 +309,7 @@ class RadixTree:
             self.policy.on_insert(leaf)
             self._rekey(leaf)
             node = leaf
+            i = j
         return already, node
 
     # ------------------------------------------------------------------ protection
@@ -313,14 +323,70 @@ class RadixTree:
             n.lock_count += 1
 
     def unlock(self, node: RadixNode) -> None:
-        """Release a :meth:`lock` (O(D))."""
+        """Release a :meth:`lock` (O(D)).
+
+        The release time counts as the last use, as in vLLM, whose free queue orders cached
+        blocks by when their last user finished.
+        """
+        now = self.tick()
         for n in node.path_to_root():
             if n.lock_count <= 0:
                 raise RuntimeError("unlock() without a matching lock()")
             n.lock_count -= 1
+            n.last_access = now
             if not n.is_protected:
                 self._protected_blocks -= n.num_blocks
-                self._rekey(n)
+            self._rekey(n)
+
+    def hold(self, node: RadixNode) -> None:
+        """Protect ``node`` alone (O(1)).
+
+        For callers whose own bookkeeping already holds every ancestor whenever it holds a
+        node, as vLLM's per-block reference counts do; :meth:`lock` is the general form.
+        """
+        if not node.is_protected:
+            self._protected_blocks += node.num_blocks
+            self._forget_leaf(node)
+        node.lock_count += 1
+
+    def release(self, node: RadixNode) -> None:
+        """Undo one :meth:`hold`; the release time counts as the last use (O(log L))."""
+        if node.lock_count <= 0:
+            raise RuntimeError("release() without a matching hold()")
+        node.lock_count -= 1
+        node.last_access = self.tick()
+        if not node.is_protected:
+            self._protected_blocks -= node.num_blocks
+        self._rekey(node)
+
+    def remove_subtree(self, node: RadixNode) -> list[RadixNode]:
+        """Drop ``node`` and everything below it, protected or not; returns the dropped nodes.
+
+        For invalidation from outside (a connector evicting a block by id): descendants of a
+        dropped prefix can never be matched again, so they leave the index too. The caller
+        decides what happens to their blocks. O(size of the subtree).
+        """
+        assert node.parent is not None, "cannot remove a root"
+        dropped = [node]
+        stack = list(node.children.values())
+        while stack:
+            n = stack.pop()
+            dropped.append(n)
+            stack.extend(n.children.values())
+        for n in dropped:
+            self._forget_leaf(n)
+            self._num_nodes -= 1
+            self._cached_blocks -= n.num_blocks
+            if n.is_protected:
+                self._protected_blocks -= n.num_blocks
+            if n.pin_count:
+                self._pinned_blocks -= n.num_blocks
+        parent = node.parent
+        del parent.children[node.pages[0]]
+        node.parent = None
+        if parent.parent is not None:
+            self._rekey(parent)
+        return dropped
 
     def pin(self, node: RadixNode) -> None:
         """Keep the prefix ending at ``node`` cached until :meth:`unpin` (O(D)).

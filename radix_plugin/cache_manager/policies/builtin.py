@@ -75,12 +75,12 @@ class PinnedPolicy(LRUPolicy):
         if budget is None:
             return
         size = node.depth_in_blocks()
+        if size > budget:
+            return  # can never fit: must not flush the auto-pins that do
         while self._auto_pinned and self._auto_blocks + size > budget:
             old, _ = self._auto_pinned.popitem(last=False)
             self._auto_blocks -= old.metadata.pop("auto_pin_blocks", 0)
             tree.unpin(old)
-        if self._auto_blocks + size > budget:
-            return
         from radix_plugin.cache_manager.radix_tree import PinBudgetExceeded
 
         try:

@@ -20,14 +20,16 @@ def plugin_manager() -> pluggy.PluginManager:
     """The process-wide manager: built-in policies plus every ``radix_plugin`` entry point."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    from radix_plugin.cache_manager import scheduling
     from radix_plugin.cache_manager.policies import builtin
 
     pm.register(builtin, name="radix_plugin.builtin")
+    pm.register(scheduling, name="radix_plugin.scheduling")
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm
 
 
-def _collect(hook_results: list[list[type]], kind: str) -> dict[str, type]:
+def collect_policies(hook_results: list[list[type]], kind: str) -> dict[str, type]:
     found: dict[str, type] = {}
     for classes in hook_results:
         for cls in classes or ():
@@ -42,7 +44,7 @@ def _collect(hook_results: list[list[type]], kind: str) -> dict[str, type]:
 
 def eviction_policy_classes() -> dict[str, type]:
     """Every registered eviction policy class by name."""
-    return _collect(plugin_manager().hook.radix_eviction_policies(), "eviction")
+    return collect_policies(plugin_manager().hook.radix_eviction_policies(), "eviction")
 
 
 def eviction_policy_names(*, include_offline: bool = True) -> list[str]:

@@ -1,0 +1,208 @@
+"""``--scheduler-cls radix_plugin.RadixScheduler``: vLLM's scheduler with the radix cache.
+
+Written against vLLM 0.32.0. It does not fork vLLM's scheduling logic: it builds vLLM's own
+scheduler with a ``RadixBlockPool`` (see ``vllm_patches``), reorders the waiting queue before
+each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
+another request is prefilling right now, and applies ``radix_pin`` hints.
+
+``RadixScheduler`` picks the async variant by itself when vLLM runs with async scheduling (the
+GPU default), so users pass one class name everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from radix_plugin.cache_manager.policies.registry import make_eviction_policy
+from radix_plugin.cache_manager.radix_tree import PinBudgetExceeded, RadixNode
+from radix_plugin.cache_manager.scheduling import make_scheduling_policy
+from radix_plugin.cache_manager.vllm_block_pool import RadixBlockPool
+from radix_plugin.cache_manager.vllm_patches import install_lookup_patch, radix_block_pool
+from radix_plugin.config import RadixConfigError, RadixPluginConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RadixSchedulerMixin:
+    """The plugin's additions; mixed into vLLM's ``Scheduler`` and ``AsyncScheduler``."""
+
+    radix_config: RadixPluginConfig
+    radix_pool: RadixBlockPool | None
+
+    def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        config = RadixPluginConfig.from_vllm_config(vllm_config)
+        self.radix_config = config
+        self.radix_scheduling = make_scheduling_policy(config.schedule, **config.schedule_options)
+        policy = make_eviction_policy(config.eviction, online=True, **config.eviction_options)
+        caching = bool(vllm_config.cache_config.enable_prefix_caching)
+        if caching:
+            install_lookup_patch()
+            with radix_block_pool(policy=policy):
+                super().__init__(vllm_config, *args, **kwargs)  # type: ignore[call-arg]
+        else:
+            logger.warning("radix_plugin: prefix caching is off, so the radix cache is idle")
+            super().__init__(vllm_config, *args, **kwargs)  # type: ignore[call-arg]
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        self.radix_pool = pool if isinstance(pool, RadixBlockPool) else None
+        if self.radix_pool is not None:
+            usable = self.radix_pool.num_gpu_blocks - 1
+            self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
+        self._radix_wait_steps: dict[str, int] = {}
+        self._radix_pins: OrderedDict[str, RadixNode] = OrderedDict()
+        logger.info(
+            "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
+            config.eviction,
+            config.schedule,
+            config.in_batch_sharing,
+        )
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        held_back = self._radix_reorder_waiting()
+        try:
+            output = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if held_back:
+                self.waiting.prepend_requests(held_back)  # type: ignore[attr-defined]
+        return output
+
+    def _radix_lookup(self, request: Any) -> tuple[int, RadixNode]:
+        assert self.radix_pool is not None
+        return self.radix_pool.cached_prefix_node(request.block_hashes)
+
+    def _radix_reorder_waiting(self) -> list[Any]:
+        """Reorder ``self.waiting`` in place; returns requests held back for this step."""
+        waiting = self.waiting  # type: ignore[attr-defined]
+        if self.radix_pool is None or not isinstance(waiting, FCFSRequestQueue) or not waiting:
+            return []
+        current = list(waiting)
+        steps = self._radix_wait_steps
+        live = {r.request_id for r in current}
+        for rid in [rid for rid in steps if rid not in live]:
+            del steps[rid]
+        for r in current:
+            steps[r.request_id] = steps.get(r.request_id, -1) + 1
+        limit = self.radix_config.max_wait_steps
+        overdue = [r for r in current if steps[r.request_id] >= limit]
+        rest = [r for r in current if steps[r.request_id] < limit]
+        ordered = overdue + self.radix_scheduling.order(rest, self._radix_lookup)
+        held_back: list[Any] = []
+        if self.radix_config.in_batch_sharing:
+            ordered, held_back = self._radix_hold_back_followers(ordered, overdue)
+        waiting.clear()
+        waiting.extend(ordered)
+        return held_back
+
+    def _radix_hold_back_followers(
+        self, ordered: list[Any], overdue: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """Hold back a request whose first uncached block another request is computing.
+
+        vLLM caches blocks as soon as they are scheduled, so a follower admitted after its
+        leader in the same step hits what the leader was given; but a leader that cannot
+        prefill the shared part in one step (chunked prefill), or that is already running,
+        would otherwise compute the same blocks twice. The follower waits until they are
+        cached, bounded by ``max_wait_steps``.
+        """
+        budget = self.max_num_scheduled_tokens  # type: ignore[attr-defined]
+        in_progress: set[Any] = set()
+        for r in self.running:  # type: ignore[attr-defined]
+            if r.num_computed_tokens < r.num_prompt_tokens:
+                done = r.num_computed_tokens // self.block_size  # type: ignore[attr-defined]
+                in_progress.update(r.block_hashes[done:])
+        overdue_ids = {id(r) for r in overdue}
+        keep, held = [], []
+        for r in ordered:
+            hit, _ = self._radix_lookup(r)
+            hashes = r.block_hashes
+            first_new = hashes[hit] if hit < len(hashes) else None
+            if first_new is not None and first_new in in_progress and id(r) not in overdue_ids:
+                held.append(r)
+                continue
+            keep.append(r)
+            if r.num_prompt_tokens - hit * self.block_size > budget:  # type: ignore[attr-defined]
+                in_progress.update(hashes[hit:])
+        return keep, held
+
+    # --- pins ----------------------------------------------------------------------------
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        result = super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
+        if self.radix_pool is not None:
+            self._radix_apply_pins(scheduler_output)
+        return result
+
+    def _radix_apply_pins(self, scheduler_output: Any) -> None:
+        """Pin the cached prompt prefix of ``radix_pin`` requests once it is computed."""
+        pool = self.radix_pool
+        assert pool is not None
+        for rid in scheduler_output.num_scheduled_tokens:
+            request = self.requests.get(rid)  # type: ignore[attr-defined]
+            if request is None or rid in self._radix_pins or not _wants_pin(request):
+                continue
+            if request.num_computed_tokens < request.num_prompt_tokens:
+                continue
+            prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
+            n_blocks, node = pool.cached_prefix_node(prompt_hashes)
+            if n_blocks == 0:
+                continue
+            try:
+                while True:
+                    try:
+                        pool.pin_prefix(node)
+                        break
+                    except PinBudgetExceeded:
+                        if not self._radix_pins:
+                            raise
+                        _, oldest = self._radix_pins.popitem(last=False)
+                        if oldest.parent is not None:
+                            pool.unpin_prefix(oldest)
+            except PinBudgetExceeded as exc:
+                logger.warning("radix_pin for request %s ignored: %s", rid, exc)
+                continue
+            self._radix_pins[rid] = node
+
+    def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
+        ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
+        if ok:
+            self._radix_pins.clear()
+        return ok
+
+
+def _wants_pin(request: Any) -> bool:
+    extra = getattr(request.sampling_params, "extra_args", None) or {}
+    return bool(extra.get("radix_pin", False))
+
+
+class RadixSyncScheduler(RadixSchedulerMixin, Scheduler):
+    """The plugin on vLLM's synchronous scheduler (CPU, or ``--no-async-scheduling``)."""
+
+
+class RadixAsyncScheduler(RadixSchedulerMixin, AsyncScheduler):
+    """The plugin on vLLM's async scheduler (the GPU default)."""
+
+
+class RadixScheduler(RadixSyncScheduler):
+    """The class users name; becomes ``RadixAsyncScheduler`` when async scheduling is on."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        if cls is RadixScheduler and _async_scheduling(vllm_config):
+            instance = object.__new__(RadixAsyncScheduler)
+            instance.__init__(*args, **kwargs)
+            return instance
+        return super().__new__(cls)
+
+
+def _async_scheduling(vllm_config: Any) -> bool:
+    try:
+        return bool(vllm_config.scheduler_config.async_scheduling)
+    except AttributeError as exc:
+        raise RadixConfigError(f"RadixScheduler needs a VllmConfig, got {vllm_config!r}") from exc
