@@ -60,6 +60,11 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         self._v1: V1GrammarDriver | None = None
         self._v2: V2GrammarDriver | None = None
         self._service: GrammarCompileService | None = None
+        if len(args) not in (1, 2):
+            raise TypeError(
+                "RadixGrammarLogitsProcessor expects (vllm_config, device, is_pin_memory) or "
+                f"(vllm_config, req_states); got {1 + len(args)} arguments"
+            )
         if not self._claim(vllm_config):
             logger.info("radix grammar processor already active for this engine; duplicate idle")
             return
@@ -68,15 +73,10 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             _device, is_pin_memory = args
             max_num_reqs = vllm_config.scheduler_config.max_num_seqs
             self._v1 = V1GrammarDriver(self._service, max_num_reqs, pin_memory=bool(is_pin_memory))
-        elif len(args) == 1:  # V2: (req_states,)
+        else:  # V2: (req_states,)
             req_states: LogitsProcRequestState = args[0]
             pin = req_states.device.type == "cuda"
             self._v2 = V2GrammarDriver(self._service, req_states, pin_memory=pin)
-        else:
-            raise TypeError(
-                "RadixGrammarLogitsProcessor expects (vllm_config, device, is_pin_memory) or "
-                f"(vllm_config, req_states); got {1 + len(args)} arguments"
-            )
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -122,8 +122,9 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         return logits
 
     def __del__(self) -> None:
-        if self._service is not None:
-            self._service.shutdown()
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.shutdown()
 
     def _claim(self, vllm_config: VllmConfig) -> bool:
         # Holding the config keeps its id from being reused while this instance lives.
