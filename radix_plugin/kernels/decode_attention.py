@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from radix_plugin.kernels import split_merge
 from radix_plugin.kernels._tl_helpers import mma
 from radix_plugin.kernels._utils import INTERPRET, check_launchable, next_power_of_2
 from radix_plugin.kernels.configs import DecodeConfig
-from radix_plugin.kernels.split_merge import merge_splits
 
 
 @triton.jit
@@ -159,11 +159,8 @@ def decode_attention(
         return out
     part_o = part_lse = out  # placeholders, never dereferenced when num_splits == 1
     if num_splits > 1:
-        part_o = torch.empty(
-            (batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
-        )
-        part_lse = torch.empty(
-            (batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device
+        part_o, part_lse = split_merge.alloc_partials(
+            batch, num_q_heads, num_splits, head_dim, q.device
         )
     _decode_kernel[(num_kv_heads, batch, num_splits)](
         q,
@@ -200,5 +197,5 @@ def decode_attention(
         num_stages=config.num_stages,
     )
     if num_splits > 1:
-        merge_splits(part_o, part_lse, out, query_start_loc, rows_are_seqs=True)
+        split_merge.merge_splits(part_o, part_lse, out, query_start_loc, rows_are_seqs=True)
     return out

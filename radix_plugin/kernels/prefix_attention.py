@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from radix_plugin.kernels import split_merge
 from radix_plugin.kernels._tl_helpers import mma, seq_of_tile
 from radix_plugin.kernels._utils import (
     INTERPRET,
@@ -34,7 +35,6 @@ from radix_plugin.kernels.configs import (
     extend_splits,
 )
 from radix_plugin.kernels.decode_attention import decode_attention
-from radix_plugin.kernels.split_merge import merge_splits
 
 
 @triton.jit
@@ -227,11 +227,8 @@ def extend_attention(
     num_kv_heads, page = k_cache.shape[2], k_cache.shape[1]
     part_o = part_lse = out  # placeholders, never dereferenced when num_splits == 1
     if num_splits > 1:
-        part_o = torch.empty(
-            (num_tokens, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
-        )
-        part_lse = torch.empty(
-            (num_tokens, num_q_heads, num_splits), dtype=torch.float32, device=q.device
+        part_o, part_lse = split_merge.alloc_partials(
+            num_tokens, num_q_heads, num_splits, head_dim, q.device
         )
     num_tiles = num_tokens // config.block_m + batch
     _extend_kernel[(num_q_heads, num_tiles, num_splits)](
@@ -272,7 +269,7 @@ def extend_attention(
         num_stages=config.num_stages,
     )
     if num_splits > 1:
-        merge_splits(
+        split_merge.merge_splits(
             part_o, part_lse, out, query_start_loc, rows_are_seqs=False, skip_decode=skip_decode
         )
     return out

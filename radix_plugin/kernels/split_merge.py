@@ -74,6 +74,21 @@ def _merge_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
+def alloc_partials(
+    rows: int, num_heads: int, num_splits: int, head_dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scratch for split-KV partials: o [rows, heads, splits, head_dim], lse [rows, heads, splits].
+
+    Uninitialised on purpose (every lse is written; o only where lse is finite). Tests replace
+    this function with a NaN-filled version to prove that nothing unwritten is ever consumed.
+    """
+    part_o = torch.empty(
+        (rows, num_heads, num_splits, head_dim), dtype=torch.float32, device=device
+    )
+    part_lse = torch.empty((rows, num_heads, num_splits), dtype=torch.float32, device=device)
+    return part_o, part_lse
+
+
 def merge_splits(
     part_o: torch.Tensor,
     part_lse: torch.Tensor,
