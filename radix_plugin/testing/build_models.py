@@ -1,0 +1,33 @@
+"""Build the offline test models: `python -m radix_plugin.testing.build_models [names...]`.
+
+`make setup` runs this so the first test run does not pay for the build. Prints each model's
+directory on stdout (one per line, scriptable) and timings on stderr; already-built models
+are reused, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from radix_plugin.testing.models import RECIPES, get_model_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the offline test models.")
+    parser.add_argument("names", nargs="*", help=f"subset of {sorted(RECIPES)} (default: all)")
+    args = parser.parse_args(argv)
+    for name in args.names or list(RECIPES):
+        start = time.perf_counter()
+        try:
+            path = get_model_path(name)
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(path, flush=True)
+        print(f"{name}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
