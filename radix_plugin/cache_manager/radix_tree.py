@@ -256,6 +256,7 @@ class RadixTree:
         *,
         priority: int = 0,
         parent: RadixNode | None = None,
+        origin: str = "prompt",
     ) -> tuple[int, RadixNode]:
         """Record that ``blocks[i]`` holds page ``i`` of ``tokens``.
 
@@ -265,7 +266,8 @@ class RadixTree:
         Returns ``(already_cached_blocks, last_node)``: the first ``already_cached_blocks``
         pages were cached before, under possibly different block ids; the caller keeps
         ownership of its own ids for those pages (they are duplicates). ``priority`` is
-        max-propagated along the path (the ``priority`` policy reads it).
+        max-propagated along the path (the ``priority`` policy reads it). ``origin`` tags new
+        nodes (``"prompt"`` or ``"output"``) in ``metadata``; policies may learn per origin.
         Cost: O(P·B) plus O(D).
         """
         pages = self._as_pages(tokens)
@@ -298,6 +300,7 @@ class RadixTree:
                 last_access=now,
                 created_at=now,
                 priority=priority,
+                metadata={"origin": origin},
             )
             was_leaf = node.is_leaf
             node.children[leaf.pages[0]] = leaf

@@ -89,7 +89,7 @@ class RadixDriver:
     def finish(self, index: int) -> None:
         act = self._active.pop(index)
         pages = self.tree.pages_of(act.sequence)
-        already, _ = self.tree.insert(pages, act.blocks[: len(pages)])
+        already, _ = self.tree.insert(pages, act.blocks[: len(pages)], origin="output")
         owned_by_tree = set(act.blocks[already : len(pages)])
         self.tree.unlock(act.node)
         self._free.extend(b for b in act.blocks if b in act.private and b not in owned_by_tree)

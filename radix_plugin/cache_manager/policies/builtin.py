@@ -122,22 +122,29 @@ class BeladyPolicy(EvictionPolicy):
 
 
 class AdaptivePolicy(EvictionPolicy):
-    """Recency plus an adaptive frequency credit, tuned online by ghost hits (ARC's idea).
+    """Recency, plus a frequency credit tuned by ghost hits, minus a learned one-off penalty.
 
-    A leaf's key is ``last_access + credit * lifetime * log2(1 + hits)``: a prefix that was
-    reused survives longer than a one-off tail, by an amount measured in cache lifetimes
-    (``lifetime`` = average age of evicted leaves). Never-hit tails (hits = 0) keep plain LRU
-    order and go first, which is admission control for one-off tails.
+    A leaf's key (smallest evicted first) is, in units of the cache ``lifetime`` (the average
+    age of evicted leaves)::
 
-    How much frequency is worth depends on the workload (Zipf-popular prompts want it, chat
-    and tree-of-thought do not), so ``credit`` adapts: evicted pages are remembered in a
-    bounded ghost list with their class; when a miss re-inserts a ghost page that had been
-    reused, frequency was undervalued and credit grows; when it had never been reused,
-    recency was undervalued and credit shrinks toward plain LRU.
+        last_access + lifetime * (credit * log2(1 + hits) - junk_weight * (1 - p_origin))
+
+    where the last term applies only to never-hit nodes.
+
+    * Frequency credit: a reused prefix survives longer than a one-off. How much frequency is
+      worth depends on the workload (Zipf-popular prompts want it; chat and tree-of-thought do
+      not), so ``credit`` adapts like ARC's target: evicted pages are remembered in a bounded
+      ghost list with their class; a miss on a ghost page that had been reused means
+      frequency was undervalued (credit grows), one that had never been reused means recency
+      was (credit shrinks toward plain LRU).
+    * Admission control for one-off tails: ``p_origin`` is the learned share of blocks of the
+      node's origin (prompt or generated output) that were ever hit again. Where generated
+      blocks or question tails are never reused, their nodes age a lifetime faster and go
+      first; where they are reused (chat clients re-sending answers), no penalty remains.
     """
 
     name = "adaptive"
-    description = "LRU plus a frequency credit adapted online from ghost hits (ARC-like)"
+    description = "recency + ghost-tuned frequency credit + learned one-off penalty"
 
     def __init__(
         self,
@@ -145,6 +152,7 @@ class AdaptivePolicy(EvictionPolicy):
         initial_credit: float = 1.0,
         max_credit: float = 8.0,
         learning_rate: float = 0.1,
+        junk_weight: float = 2.0,
         ghost_pages: int = 4096,
     ) -> None:
         super().__init__()
@@ -154,15 +162,44 @@ class AdaptivePolicy(EvictionPolicy):
             )
         if learning_rate <= 0.0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if junk_weight < 0.0:
+            raise ValueError(f"junk_weight must be >= 0, got {junk_weight}")
         self.initial_credit = initial_credit
         self.max_credit = max_credit
         self.learning_rate = learning_rate
+        self.junk_weight = junk_weight
         self.ghost_pages = ghost_pages
         self.on_reset()
 
+    def reuse_share(self, origin: str) -> float:
+        """Laplace-smoothed share of inserted blocks of ``origin`` that were hit again."""
+        return min(1.0, (self._reused.get(origin, 0) + 1) / (self._inserted.get(origin, 0) + 2))
+
     def key(self, node: RadixNode) -> Any:
-        bonus = self.credit * self.lifetime * math.log2(1 + node.hit_count)
-        return (node.last_access + bonus, node.last_access)
+        credit = self.credit * math.log2(1 + node.hit_count)
+        if node.hit_count == 0:
+            origin = node.metadata.get("origin", "prompt")
+            credit -= self.junk_weight * (1.0 - self.reuse_share(origin))
+        return (node.last_access + self.lifetime * credit, node.last_access)
+
+    def on_insert(self, node: RadixNode) -> None:
+        origin = node.metadata.get("origin", "prompt")
+        self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
+        was_reused = self._ghost.pop(node.pages[0], None)
+        if was_reused is None:
+            return
+        if was_reused:
+            self.credit = min(self.max_credit, self.credit * (1 + self.learning_rate) + 0.01)
+        else:
+            self.credit = self.credit / (1 + self.learning_rate)
+
+    def on_hit(self, node: RadixNode) -> None:
+        if node.hit_count == 1:
+            origin = node.metadata.get("origin", "prompt")
+            self._reused[origin] = self._reused.get(origin, 0) + node.num_blocks
+
+    def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
+        upper.metadata.setdefault("origin", lower.metadata.get("origin", "prompt"))
 
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         assert self.tree is not None
@@ -175,19 +212,12 @@ class AdaptivePolicy(EvictionPolicy):
         while len(self._ghost) > self.ghost_pages:
             self._ghost.popitem(last=False)
 
-    def on_insert(self, node: RadixNode) -> None:
-        was_reused = self._ghost.pop(node.pages[0], None)
-        if was_reused is None:
-            return
-        if was_reused:
-            self.credit = min(self.max_credit, self.credit * (1 + self.learning_rate) + 0.01)
-        else:
-            self.credit = self.credit / (1 + self.learning_rate)
-
     def on_reset(self) -> None:
         self.credit = self.initial_credit
         self.lifetime = 0.0
         self._ghost: OrderedDict[Any, bool] = OrderedDict()
+        self._inserted: dict[str, int] = {}
+        self._reused: dict[str, int] = {}
 
 
 @hookimpl
