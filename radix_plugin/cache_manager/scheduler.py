@@ -54,6 +54,7 @@ class RadixSchedulerMixin:
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
         self._radix_wait_steps: dict[str, int] = {}
+        self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
         self._radix_pins: OrderedDict[str, RadixNode] = OrderedDict()
         logger.info(
             "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
@@ -74,14 +75,20 @@ class RadixSchedulerMixin:
         return output
 
     def _radix_lookup(self, request: Any) -> tuple[int, RadixNode]:
-        assert self.radix_pool is not None
-        return self.radix_pool.cached_prefix_node(request.block_hashes)
+        """Cached prefix of a waiting request, memoised for the current step."""
+        memo = self._radix_memo
+        key = request.request_id
+        if key not in memo:
+            assert self.radix_pool is not None
+            memo[key] = self.radix_pool.cached_prefix_node(request.block_hashes)
+        return memo[key]
 
     def _radix_reorder_waiting(self) -> list[Any]:
         """Reorder ``self.waiting`` in place; returns requests held back for this step."""
         waiting = self.waiting  # type: ignore[attr-defined]
         if self.radix_pool is None or not isinstance(waiting, FCFSRequestQueue) or not waiting:
             return []
+        self._radix_memo = {}
         current = list(waiting)
         steps = self._radix_wait_steps
         live = {r.request_id for r in current}

@@ -148,23 +148,32 @@ class RadixBlockPool(BlockPool):
     # --- lookup --------------------------------------------------------------------------
 
     def longest_cached_prefix(
-        self, block_hashes: Sequence[Any], max_blocks: int, group_id: int = 0
+        self, block_hashes: Iterable[Any], max_blocks: int, group_id: int = 0
     ) -> list[KVCacheBlock]:
-        """Blocks of the longest cached prefix, from the tree (no side effects; O(P))."""
-        pages = [
-            make_block_hash_with_group_id(h, group_id)
-            for h in itertools.islice(block_hashes, max_blocks)
-        ]
-        match = self.tree.match_prefix(pages, touch=False, split=False)
-        return [self.blocks[b] for b in match.blocks]
+        """Blocks of the longest cached prefix, from the tree (no side effects; O(hit))."""
+        ids, _ = self._walk(block_hashes, max_blocks, group_id)
+        return [self.blocks[b] for b in ids]
 
     def cached_prefix_node(
-        self, block_hashes: Sequence[Any], group_id: int = 0
+        self, block_hashes: Iterable[Any], group_id: int = 0
     ) -> tuple[int, RadixNode]:
         """Cached prefix length in blocks and the node that ends it, without side effects."""
-        pages = [make_block_hash_with_group_id(h, group_id) for h in block_hashes]
-        match = self.tree.match_prefix(pages, touch=False, split=False)
-        return len(match.blocks), match.last_node
+        ids, node = self._walk(block_hashes, None, group_id)
+        return len(ids), node
+
+    def _walk(
+        self, block_hashes: Iterable[Any], max_blocks: int | None, group_id: int
+    ) -> tuple[list[int], RadixNode]:
+        # One node per block: walk child dicts directly and key only the pages we visit.
+        node = self.tree.root()
+        ids: list[int] = []
+        for h in itertools.islice(block_hashes, max_blocks):
+            child = node.children.get(make_block_hash_with_group_id(h, group_id))
+            if child is None:
+                break
+            ids.append(child.blocks[0])
+            node = child
+        return ids, node
 
     # --- caching -------------------------------------------------------------------------
 
