@@ -36,7 +36,12 @@ class RadixSchedulerMixin:
     radix_pool: RadixBlockPool | None
 
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
-        config = RadixPluginConfig.from_vllm_config(vllm_config)
+        try:
+            config = RadixPluginConfig.from_vllm_config(vllm_config)
+        except RadixConfigError as exc:
+            # The engine core dies with this; make the cause one readable line in its log.
+            logger.error("radix_plugin: bad --additional-config: %s", exc)
+            raise
         self.radix_config = config
         self.radix_scheduling = make_scheduling_policy(config.schedule, **config.schedule_options)
         policy = make_eviction_policy(config.eviction, online=True, **config.eviction_options)

