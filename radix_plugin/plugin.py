@@ -16,3 +16,7 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+
+    from radix_plugin.attention.registration import register_attention_backends
+
+    register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
