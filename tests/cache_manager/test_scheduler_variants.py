@@ -1,0 +1,81 @@
+"""RadixScheduler picks vLLM's sync or async scheduler and runs it over the radix pool.
+
+Built from a real ``VllmConfig`` (tiny test model) and fed real requests; the CPU platform
+forces async scheduling off, so the async variant is exercised by turning it on in the
+config, as the GPU platform does by default.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm.engine.arg_utils import EngineArgs
+from vllm.sampling_params import SamplingParams
+from vllm.utils.hashing import get_hash_fn_by_name
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.request import Request
+from vllm.v1.structured_output import StructuredOutputManager
+
+from radix_plugin import RadixAsyncScheduler, RadixScheduler
+from radix_plugin.cache_manager.scheduler import RadixSchedulerMixin
+from radix_plugin.testing.engine import configure_cpu_env
+from radix_plugin.testing.models import get_model_path
+
+BLOCKS = 64
+
+
+def build(async_scheduling: bool):
+    configure_cpu_env()
+    config = EngineArgs(
+        model=str(get_model_path("tiny")),
+        enforce_eager=True,
+        block_size=32,
+        max_model_len=512,
+        enable_prefix_caching=True,
+        scheduler_cls="radix_plugin.RadixScheduler",
+        additional_config={"radix_plugin": {"eviction": "lfu", "schedule": "dfs"}},
+    ).create_engine_config()
+    config.scheduler_config.async_scheduling = async_scheduling
+    config.cache_config.num_gpu_blocks = BLOCKS
+    spec = FullAttentionSpec(block_size=32, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
+    kv = KVCacheConfig(
+        num_blocks=BLOCKS,
+        kv_cache_tensors=[],
+        kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)],
+    )
+    return RadixScheduler(
+        vllm_config=config,
+        kv_cache_config=kv,
+        structured_output_manager=StructuredOutputManager(config),
+        block_size=32,
+        hash_block_size=32,
+        log_stats=False,
+    )
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_variant_follows_async_setting_and_caches_in_the_tree(async_scheduling: bool) -> None:
+    scheduler = build(async_scheduling)
+    assert isinstance(scheduler, RadixSchedulerMixin)
+    assert isinstance(scheduler, AsyncScheduler) == async_scheduling
+    assert isinstance(scheduler, RadixAsyncScheduler) == async_scheduling
+    assert scheduler.radix_config.eviction == "lfu"
+    assert scheduler.radix_scheduling.name == "dfs"
+
+    hash_fn = get_hash_fn_by_name("sha256")
+    init_none_hash(hash_fn)
+    request = Request(
+        "r0",
+        list(range(100)),
+        SamplingParams(max_tokens=4),
+        None,
+        block_hasher=get_request_block_hasher(32, hash_fn),
+    )
+    scheduler.add_request(request)
+    output = scheduler.schedule()
+    assert output.num_scheduled_tokens == {"r0": 100}
+    tree = scheduler.kv_cache_manager.block_pool.tree
+    assert tree.stats().cached_blocks == 3  # 100 prompt tokens = 3 full blocks of 32
+    assert tree.stats().protected_blocks == 3  # in use by r0
