@@ -102,7 +102,10 @@ class RadixSchedulerMixin:
         for r in current:
             steps[r.request_id] = steps.get(r.request_id, -1) + 1
         limit = self.radix_config.max_wait_steps
-        overdue = [r for r in current if steps[r.request_id] >= limit]
+        # Overdue requests go first in arrival order (the queue itself is already reordered).
+        overdue = sorted(
+            (r for r in current if steps[r.request_id] >= limit), key=lambda r: r.arrival_time
+        )
         rest = [r for r in current if steps[r.request_id] < limit]
         ordered = overdue + self.radix_scheduling.order(rest, self._radix_lookup)
         held_back: list[Any] = []

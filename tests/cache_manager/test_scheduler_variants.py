@@ -15,7 +15,7 @@ from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 from radix_plugin import RadixAsyncScheduler, RadixScheduler
@@ -79,3 +79,57 @@ def test_variant_follows_async_setting_and_caches_in_the_tree(async_scheduling: 
     tree = scheduler.kv_cache_manager.block_pool.tree
     assert tree.stats().cached_blocks == 3  # 100 prompt tokens = 3 full blocks of 32
     assert tree.stats().protected_blocks == 3  # in use by r0
+
+
+def make_request(rid: str, tokens: list[int], extra: dict | None = None) -> Request:
+    hash_fn = get_hash_fn_by_name("sha256")
+    init_none_hash(hash_fn)
+    return Request(
+        rid,
+        tokens,
+        SamplingParams(max_tokens=4, extra_args=extra),
+        None,
+        block_hasher=get_request_block_hasher(32, hash_fn),
+    )
+
+
+def test_lpm_order_with_starvation_bound() -> None:
+    scheduler = build(async_scheduling=False)
+    scheduler.radix_config = type(scheduler.radix_config)(schedule="lpm", max_wait_steps=3)
+    pool = scheduler.kv_cache_manager.block_pool
+    # Cache a 3-block prefix by running a request through admission, then freeing it.
+    warm = make_request("warm", [*range(96), 1])
+    scheduler.add_request(warm)
+    scheduler.schedule()
+    scheduler.finish_requests("warm", RequestStatus.FINISHED_ABORTED)
+    assert pool.tree.stats().cached_blocks == 3
+
+    cold = make_request("cold", list(range(1000, 1100)))
+    hot = make_request("hot", [*range(96), 7, 8, 9])
+    scheduler.waiting.add_request(cold)
+    scheduler.waiting.add_request(hot)
+    order = []
+    for _ in range(4):
+        scheduler._radix_reorder_waiting()
+        order.append([r.request_id for r in scheduler.waiting])
+    # Longest cached prefix first, until "cold" has waited max_wait_steps rounds.
+    assert order[:3] == [["hot", "cold"]] * 3
+    assert order[3] == ["cold", "hot"]
+
+
+def test_follower_is_held_back_while_leader_prefills_the_shared_prefix() -> None:
+    scheduler = build(async_scheduling=False)
+    shared = list(range(5000, 5000 + 256))  # 8 blocks, nothing cached yet
+    leader = make_request("leader", [*shared, 1, 2, 3])
+    scheduler.add_request(leader)
+    scheduler.max_num_scheduled_tokens = 64  # the leader needs several chunked steps
+    out = scheduler.schedule()
+    assert out.num_scheduled_tokens == {"leader": 64}
+    follower = make_request("follower", [*shared, 9, 9, 9])
+    stranger = make_request("stranger", list(range(9000, 9040)))
+    scheduler.add_request(follower)
+    scheduler.add_request(stranger)
+    held = scheduler._radix_reorder_waiting()
+    assert [r.request_id for r in held] == ["follower"]
+    assert [r.request_id for r in scheduler.waiting] == ["stranger"]
+    scheduler.waiting.prepend_requests(held)
