@@ -31,3 +31,12 @@ def service(tokenizer: Any) -> Iterator[GrammarCompileService]:
     svc = GrammarCompileService(lambda: tokenizer, TINY_VOCAB, max_workers=2)
     yield svc
     svc.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vllm_config(tiny_model_path: Path) -> Any:
+    """A real engine config for the tiny model (no engine is started)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = EngineArgs(model=str(tiny_model_path), max_model_len=256, max_num_seqs=4)
+    return args.create_engine_config()

@@ -34,15 +34,6 @@ FQCN = "radix_plugin.logits:RadixGrammarLogitsProcessor"
 ENTRY_POINT_GROUP = "vllm.logits_processors"
 
 
-@pytest.fixture(scope="module")
-def vllm_config(tiny_model_path: Path) -> Any:
-    from vllm.engine.arg_utils import EngineArgs
-
-    return EngineArgs(
-        model=str(tiny_model_path), max_model_len=256, max_num_seqs=4
-    ).create_engine_config()
-
-
 def test_one_class_satisfies_both_runner_interfaces() -> None:
     assert issubclass(RadixGrammarLogitsProcessor, V1LogitsProcessor)
     assert issubclass(RadixGrammarLogitsProcessor, V2LogitsProcessor)
