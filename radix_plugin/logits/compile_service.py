@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Compiled grammars kept alive by this service; xgrammar's cache is separately byte-bounded.
-DEFAULT_MAX_CACHED = 512
+# Compiled grammars kept alive by this service's future cache (a JSON schema compiled for a
+# 128k vocabulary can take megabytes); xgrammar's own cache is bounded in bytes on top.
+DEFAULT_MAX_CACHED = 64
+DEFAULT_CACHE_LIMIT_BYTES = 512 * 1024 * 1024
 
 
 class GrammarCompileService:
@@ -47,10 +49,12 @@ class GrammarCompileService:
         *,
         max_workers: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
+        cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
     ) -> None:
         self._tokenizer_loader = tokenizer_loader
         self._vocab_size = vocab_size
         self._max_cached = max_cached
+        self._cache_limit_bytes = cache_limit_bytes
         workers = max_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="radix-grammar")
         self._lock = threading.Lock()
@@ -111,7 +115,10 @@ class GrammarCompileService:
                     )
                 info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self._vocab_size)
                 self._compiler = xgr.GrammarCompiler(
-                    info, max_threads=max(1, min(8, os.cpu_count() or 1)), cache_enabled=True
+                    info,
+                    max_threads=max(1, min(8, os.cpu_count() or 1)),
+                    cache_enabled=True,
+                    cache_limit_bytes=self._cache_limit_bytes,
                 )
                 self._tokenizer = tokenizer
                 self._info = info

@@ -16,9 +16,18 @@ done by `V1GrammarDriver` or `V2GrammarDriver`.
 schema, regex or grammar fails that one request with `VLLMValidationError` (HTTP 400) and never
 reaches the engine.
 
-Limitation: V1 disables custom logits processors when speculative decoding is configured (it
-loads no plugins and rejects `--logits-processors`); there the xargs are validated but not
-enforced.
+Limitations:
+
+* V1 disables custom logits processors when speculative decoding is configured (it loads no
+  plugins and rejects `--logits-processors`); there the xargs are still validated but must be
+  enforced scheduler-side (see `jump_forward_drafts.attach_xargs_grammar`).
+* On the V1 runner with async scheduling (GPU with `VLLM_USE_V2_MODEL_RUNNER=0`), vLLM only
+  resolves output-token placeholders for processors named in `--logits-processors`; loaded
+  through the entry point alone, grammar requests are stopped with a logged error. CPU runs
+  synchronously and MRV2 reads tokens from its own buffers, so neither is affected.
+
+Environment: `RADIX_GRAMMAR_COMPILE_THREADS` sets the compile pool size (default: half the
+cores, at most 4); `VLLM_XGRAMMAR_CACHE_MB` bounds xgrammar's compiled-grammar cache.
 """
 
 from __future__ import annotations
