@@ -57,7 +57,14 @@ def extend_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> Ex
     major, _ = _capability(device)
     stages = 3 if major >= 9 else 2
     if dtype == torch.float32:
-        return ExtendConfig(block_m=64, block_n=32 if d >= 128 else 64, num_warps=4, num_stages=2)
+        # Twice the bytes per element: half the key tile; d=256 needs 8 warps for the fp32
+        # accumulator plus fp32 Q not to spill.
+        return ExtendConfig(
+            block_m=64,
+            block_n=32 if d >= 128 else 64,
+            num_warps=8 if d >= 256 else 4,
+            num_stages=2,
+        )
     if d <= 64:
         return ExtendConfig(block_m=128, block_n=64, num_warps=4, num_stages=stages)
     if d <= 128:
