@@ -18,21 +18,23 @@ from pathlib import Path
 from radix_plugin.simulator.generators import generate
 from radix_plugin.simulator.replay import footprint_blocks, run_policy
 
-POLICIES = ("vllm", "lru", "lfu", "priority", "pinned", "adaptive", "belady")
-ONLINE = ("lru", "lfu", "priority", "pinned", "adaptive")
+POLICIES = ("vllm", "lru", "lfu", "priority", "pinned", "adaptive", "workflow", "belady")
+ONLINE = ("lru", "lfu", "priority", "pinned", "adaptive", "workflow")
 WORKLOAD_ARGS = {
     "multi_turn_chat": {"conversations": 200},
     "few_shot": {"requests": 1500, "tasks": 60},
     "tree_of_thought": {"problems": 80},
     "multi_agent": {"workflows": 60, "agents": 12},
+    "agent_pipeline": {"concurrent_workflows": 1},
+    "agent_pipeline_x16": {"concurrent_workflows": 16, "workflows": 64},
 }
-FRACTIONS = (0.03, 0.06, 0.12, 0.25, 0.5)
+FRACTIONS = (0.03, 0.06, 0.12, 0.2, 0.3, 0.5)
 
 
 def sweep(block_size: int, concurrency: int, quick: bool) -> list[dict]:
     rows = []
     for workload, kwargs in WORKLOAD_ARGS.items():
-        trace = generate(workload, block_size=block_size, **kwargs)
+        trace = generate(workload.removesuffix("_x16"), block_size=block_size, **kwargs)
         if quick:
             trace = trace[:150]
         fp = footprint_blocks(trace, block_size)
@@ -75,7 +77,8 @@ def markdown(rows: list[dict], block_size: int, concurrency: int) -> str:
         "",
         f"Block size {block_size}, concurrency {concurrency}; `vllm` is vLLM 0.32's own "
         "KVCacheManager; `gap closed` = (best online - lru) / (belady - lru); "
-        "`adaptive` is our online policy.",
+        "`adaptive` is our general online policy; `workflow` (KVFlow) uses the agent-step hints "
+        "the trace carries (other workloads have none, so it is LRU there).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -456,6 +456,10 @@ class RadixTree:
         self._maybe_compact_heap()
         return freed
 
+    def refresh(self, node: RadixNode) -> None:
+        """Re-key ``node`` after its metadata changed outside the tree (O(log L))."""
+        self._rekey(node)
+
     def evictable_blocks(self) -> int:
         """Blocks that :meth:`evict` could free right now (O(1))."""
         return self._cached_blocks - self._protected_blocks

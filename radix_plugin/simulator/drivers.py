@@ -94,6 +94,10 @@ class RadixDriver:
         self.tree.unlock(act.node)
         self._free.extend(b for b in act.blocks if b in act.private and b not in owned_by_tree)
 
+    def node_of(self, index: int) -> RadixNode:
+        """The node ending the cached prompt of in-flight request ``index``."""
+        return self._active[index].node
+
     def leaked_blocks(self) -> int:
         return self.capacity - len(self._free) - self.tree.stats().cached_blocks
 

@@ -157,18 +157,20 @@ def multi_agent(
     context_tokens: tuple[int, int] = (200, 800),
     output_tokens: tuple[int, int] = (50, 300),
     concurrent_workflows: int = 4,
+    random_start: bool = True,
     block_size: int = 512,
     seed: int = 0,
 ) -> list[TraceRequest]:
     """Agents with large fixed prompts called in a fixed cyclic order by each workflow; the
-    request is the agent's prompt followed by the workflow's step-specific context."""
+    request is the agent's prompt followed by the workflow's step-specific context. Each
+    workflow starts at a random agent unless ``random_start`` is off (a fixed pipeline)."""
     rng, ids, bs = random.Random(seed), _Ids(), block_size
     agent_prompts = [ids.fresh(rng.randint(*agent_prompt_blocks)) for _ in range(agents)]
     order = list(range(agents))
     per_wf: list[list[TraceRequest]] = []
     for w in range(workflows):
         reqs = []
-        start = rng.randrange(agents)
+        start = rng.randrange(agents) if random_start else 0
         for s in range(steps):
             a = order[(start + s) % agents]
             req, _ = _request(
@@ -211,11 +213,27 @@ def _interleave(
     return out
 
 
+def agent_pipeline(
+    *, workflows: int = 40, agents: int = 8, concurrent_workflows: int = 1, **kwargs
+) -> list[TraceRequest]:
+    """KVFlow's setting: every workflow runs the same agent pipeline front to back, one at a
+    time (``concurrent_workflows=1``) or many at once."""
+    return multi_agent(
+        workflows=workflows,
+        agents=agents,
+        steps=agents,
+        concurrent_workflows=concurrent_workflows,
+        random_start=False,
+        **kwargs,
+    )
+
+
 WORKLOADS: dict[str, Callable[..., list[TraceRequest]]] = {
     "multi_turn_chat": multi_turn_chat,
     "few_shot": few_shot,
     "tree_of_thought": tree_of_thought,
     "multi_agent": multi_agent,
+    "agent_pipeline": agent_pipeline,
 }
 
 

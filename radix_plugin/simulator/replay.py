@@ -5,15 +5,18 @@ from __future__ import annotations
 import bisect
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from radix_plugin.cache_manager.policies.builtin import BeladyPolicy
 from radix_plugin.cache_manager.policies.registry import make_eviction_policy
+from radix_plugin.cache_manager.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.cache_manager.radix_tree import RadixNode
 from radix_plugin.simulator.drivers import CacheDriver, RadixDriver, VllmDriver
 from radix_plugin.simulator.tokens import TokenSynthesizer
 from radix_plugin.simulator.trace import TraceRequest
+from radix_plugin.workflow import AgentStepGraph, WorkflowTracker
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ def replay(
     block_size: int,
     concurrency: int = 1,
     clock: list[int] | None = None,
+    on_admit: Callable[[int, TraceRequest], None] | None = None,
 ) -> ReplayResult:
     """Admit requests in trace order, finishing the oldest when full; count hit tokens.
 
@@ -89,6 +93,8 @@ def replay(
             continue
         hit_tokens += hit
         in_flight.append(index)
+        if on_admit is not None:
+            on_admit(index, req)
     t0 = time.perf_counter()
     while in_flight:
         driver.finish(in_flight.popleft())
@@ -145,7 +151,38 @@ def run_policy(
     if isinstance(policy, BeladyPolicy):
         policy.set_oracle(belady_oracle(trace, block_size, clock))
     driver = RadixDriver(capacity_blocks, block_size, policy)
-    return replay(trace, driver, block_size, concurrency, clock)
+    on_admit = None
+    if isinstance(policy, WorkflowPolicy):
+        on_admit = workflow_hints(trace, driver, policy)
+    return replay(trace, driver, block_size, concurrency, clock, on_admit)
+
+
+def workflow_hints(
+    trace: Sequence[TraceRequest], driver: RadixDriver, policy: WorkflowPolicy
+) -> Callable[[int, TraceRequest], None]:
+    """What a KVFlow client sends: each workflow's Agent Step Graph is its own sequence of
+    agents (declared up front), looping because the application runs the same workflow
+    again; at every step the server learns that workflow's steps-to-execution and which
+    agent the admitted prompt belongs to."""
+    plans: dict[Any, dict[int, str]] = defaultdict(dict)
+    for r in trace:
+        if "workflow" in r.extra:
+            plans[r.extra["workflow"]][r.extra["step"]] = str(r.extra["agent"])
+    graphs = {
+        w: AgentStepGraph.from_steps([plan[s] for s in sorted(plan)], loop=True)
+        for w, plan in plans.items()
+    }
+    tracker = WorkflowTracker()
+
+    def on_admit(index: int, req: TraceRequest) -> None:
+        w = req.extra.get("workflow")
+        if w is None:
+            return
+        tracker.update(str(w), graphs[w].steps_to_execution(req.extra["step"]))
+        policy.update_steps(tracker.agent_steps())
+        tag_agent(driver.tree, driver.node_of(index), str(req.extra["agent"]))
+
+    return on_admit
 
 
 def footprint_blocks(trace: Sequence[TraceRequest], block_size: int) -> int:

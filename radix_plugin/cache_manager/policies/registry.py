@@ -21,9 +21,10 @@ def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     from radix_plugin.cache_manager import scheduling
-    from radix_plugin.cache_manager.policies import builtin
+    from radix_plugin.cache_manager.policies import builtin, workflow
 
     pm.register(builtin, name="radix_plugin.builtin")
+    pm.register(workflow, name="radix_plugin.workflow")
     pm.register(scheduling, name="radix_plugin.scheduling")
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm
