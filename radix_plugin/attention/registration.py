@@ -15,10 +15,7 @@ itself:
 
 from __future__ import annotations
 
-import logging
 import os
-
-logger = logging.getLogger(__name__)
 
 BACKEND_PATH = "radix_plugin.attention.backend.RadixTritonAttentionBackend"
 CPU_OVERRIDE_ENV = "RADIX_PLUGIN_CPU_ATTENTION"
@@ -26,7 +23,11 @@ CPU_OVERRIDE_ENV = "RADIX_PLUGIN_CPU_ATTENTION"
 
 def register_attention_backends() -> None:
     """Make the backend selectable (CUSTOM) and apply the opt-in CPU override, if set."""
+    from vllm.logger import init_logger
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    # Under the "vllm." namespace so vLLM's handlers print it in every engine process.
+    logger = init_logger("vllm.plugins.radix_plugin.attention")
 
     custom = AttentionBackendEnum.CUSTOM
     if not custom.is_overridden():
