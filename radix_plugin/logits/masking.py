@@ -1,7 +1,8 @@
 """Host-side token bitmask buffer shared by the V1 and V2 drivers.
 
-xgrammar fills masks on the CPU (the matchers live there) and applies them with a kernel on
-the logits' device, so the buffer is a CPU int32 tensor sized to the model vocabulary (which
+xgrammar fills masks on the CPU (the matchers live there); they are applied on the logits'
+device by our Triton kernel (``kernels.token_bitmask``) on GPU and by xgrammar's CPU kernel on
+CPU, so the buffer is a CPU int32 tensor sized to the model vocabulary (which
 may be padded beyond the tokenizer's) and copied to the device only when rows need masking.
 """
 
@@ -37,10 +38,19 @@ class BitmaskBuffer:
         import xgrammar as xgr
 
         bitmask = self.rows(max(indices) + 1)
-        if logits.device.type != "cpu":
-            bitmask = bitmask[: max(indices) + 1].to(logits.device, non_blocking=True)
         vocab_size = min(self._vocab_size, logits.shape[-1])
-        xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=indices)
+        if logits.device.type == "cpu":
+            # xgrammar's CPU kernel: the fallback where our Triton kernel cannot run.
+            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=indices)
+        else:
+            import torch
+
+            from radix_plugin.kernels.token_bitmask import apply_token_bitmask_inplace
+
+            device = logits.device
+            bitmask = bitmask[: max(indices) + 1].to(device, non_blocking=True)
+            rows = torch.tensor(indices, dtype=torch.int32).to(device, non_blocking=True)
+            apply_token_bitmask_inplace(logits, bitmask, indices=rows, vocab_size=vocab_size)
         if logits.shape[-1] > self._vocab_size:
             # Padded ids past the grammar's vocabulary are never legal.
             logits[indices, self._vocab_size :] = float("-inf")
