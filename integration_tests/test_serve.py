@@ -153,6 +153,38 @@ def test_chat_completions(server: str) -> None:
     assert reply["usage"]["completion_tokens"] == 8
 
 
+def _post_status(url: str, body: dict) -> tuple[int, str]:
+    try:
+        return 200, json.dumps(_post(url, body))
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_bad_grammar_and_bad_hints_get_400_while_good_requests_complete(server: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
+    url = server + "/v1/completions"
+    good = {
+        "model": model,
+        "prompt": "A record:",
+        "max_tokens": 64,
+        "temperature": 0,
+        "vllm_xargs": {"radix_choice": ["alpha", "beta"]},
+    }
+    bad_schema = {**good, "vllm_xargs": {"radix_json_schema": '{"type": "objekt"}'}}
+    bad_hint = {**good, "vllm_xargs": {"radix_priority": "high"}}
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_post_status, url, body) for body in (good, bad_schema, bad_hint)]
+        (ok_code, ok_body), (schema_code, schema_body), (hint_code, hint_body) = (
+            f.result() for f in futures
+        )
+    assert ok_code == 200
+    assert json.loads(ok_body)["choices"][0]["text"] in ("alpha", "beta")
+    assert schema_code == 400 and "radix_json_schema" in schema_body
+    assert hint_code == 400 and "radix_priority must be an integer" in hint_body
+
+
 def test_bad_config_exits_with_clear_error() -> None:
     proc = subprocess.run(
         _server_cmd(get_model_path("tiny"), _free_port(), {"eviction": "mru"}),

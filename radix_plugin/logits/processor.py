@@ -42,6 +42,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcessor as V2LogitsProcessor,
 )
 
+from radix_plugin.hints import parse_hints
 from radix_plugin.logits.compile_service import GrammarCompileService
 from radix_plugin.logits.grammar_builder import build_grammar
 from radix_plugin.logits.request_spec import GrammarSpecError, parse_grammar_spec
@@ -89,7 +90,9 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        """Reject malformed grammar xargs at admission (vLLM turns this into HTTP 400)."""
+        """Reject malformed grammar xargs and cache hints at admission (vLLM turns this into
+        HTTP 400), so the engine core only ever sees well-formed ``radix_*`` keys."""
+        parse_hints(sampling_params.extra_args)
         spec = parse_grammar_spec(sampling_params.extra_args)
         if spec is None:
             return
