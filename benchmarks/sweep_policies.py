@@ -109,8 +109,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.6))
-    for ax, wl in zip(axes, workloads, strict=True):
+    ncols = 3
+    nrows = -(-len(workloads) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(workloads) :]:
+        ax.set_visible(False)
+    for ax, wl in zip(axes, workloads, strict=False):
         pts = [r for r in rows if r["workload"] == wl]
         xs = [r["capacity_fraction"] for r in pts]
         for p in POLICIES:
@@ -118,10 +123,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(xs, [r["results"][p]["hit_ratio"] for r in pts], style, marker="o", label=p)
         ax.set_title(wl)
         ax.set_xlabel("capacity / footprint")
-        ax.set_xscale("log")
+        ax.set_ylabel("prompt-token hit ratio")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("prompt-token hit ratio")
-    axes[-1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
