@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radix_plugin.workflow.graph import WorkflowHintError, parse_steps_hint
+from radix_plugin.xargs import parse_flag
 
 XARG_PRIORITY = "radix_priority"
 XARG_PIN = "radix_pin"
 XARG_WORKFLOW = "radix_workflow"
 XARG_AGENT = "radix_agent"
 XARG_STEPS = "radix_steps"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class HintError(ValueError):
@@ -44,13 +42,9 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
         priority = int(priority)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise HintError(f"{XARG_PRIORITY} must be an integer, got {priority!r}")
-    pin = extra_args.get(XARG_PIN, False)
-    if isinstance(pin, str) and pin.lower() in _TRUE | _FALSE:
-        pin = pin.lower() in _TRUE
-    elif isinstance(pin, int) and pin in (0, 1):
-        pin = bool(pin)
-    else:
-        raise HintError(f"{XARG_PIN} must be a boolean, got {pin!r}")
+    pin = parse_flag(extra_args.get(XARG_PIN, False))
+    if pin is None:
+        raise HintError(f"{XARG_PIN} must be a boolean, got {extra_args[XARG_PIN]!r}")
     workflow = _optional_str(extra_args, XARG_WORKFLOW)
     agent = _optional_str(extra_args, XARG_AGENT)
     steps: dict[str, int] = {}

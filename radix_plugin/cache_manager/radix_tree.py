@@ -207,18 +207,11 @@ class RadixTree:
         blocks: list[int] = []
         i = 0
         while i < len(pages):
-            child = node.children.get(pages[i])
+            child, n = self._descend(node, pages, i, split)
             if child is None:
                 break
-            n = _common_pages(child.pages, pages, i)
-            if n < child.num_blocks:
-                if split:
-                    child = self._split(child, n)
-                    blocks.extend(child.blocks)
-                    node = child
-                else:
-                    blocks.extend(child.blocks[:n])
-                i += n
+            if n < child.num_blocks:  # ends inside an unsplit node
+                blocks.extend(child.blocks[:n])
                 break
             blocks.extend(child.blocks)
             node = child
@@ -277,12 +270,9 @@ class RadixTree:
         node = self.root(namespace) if parent is None else parent
         i = 0
         while i < len(pages):
-            child = node.children.get(pages[i])
+            child, n = self._descend(node, pages, i, split=True)
             if child is None:
                 break
-            n = _common_pages(child.pages, pages, i)
-            if n < child.num_blocks:
-                child = self._split(child, n)
             node = child
             node.last_access = now
             node.priority = max(node.priority, priority)
@@ -517,6 +507,19 @@ class RadixTree:
         if tokens and not isinstance(tokens[0], int):
             return list(tokens)  # type: ignore[arg-type]
         return self.pages_of(tokens)  # type: ignore[arg-type]
+
+    def _descend(
+        self, node: RadixNode, pages: Sequence[Page], i: int, split: bool
+    ) -> tuple[RadixNode | None, int]:
+        """The child of ``node`` that continues ``pages[i:]`` and how many pages it matches;
+        with ``split``, a partial match is split off first so the child ends at the match."""
+        child = node.children.get(pages[i])
+        if child is None:
+            return None, 0
+        n = _common_pages(child.pages, pages, i)
+        if n < child.num_blocks and split:
+            child = self._split(child, n)
+        return child, n
 
     def _split(self, node: RadixNode, n: int) -> RadixNode:
         """Cut ``node`` after ``n`` pages; returns the new upper part (O(B))."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,47 +48,28 @@ def install_lookup_patch() -> None:
     from radix_plugin.cache_manager.vllm_block_pool import RadixBlockPool
 
     original = FullAttentionManager.find_longest_cache_hit.__func__  # type: ignore[attr-defined]
+    signature = inspect.signature(original)
 
-    def find_longest_cache_hit(
-        cls,
-        block_hashes,
-        max_length,
-        kv_cache_group_ids,
-        block_pool,
-        kv_cache_spec,
-        drop_eagle_block,
-        alignment_tokens,
-        dcp_world_size=1,
-        pcp_world_size=1,
-    ):
-        block_size = kv_cache_spec.block_size
+    def find_longest_cache_hit(cls, *args: Any, **kwargs: Any):
+        bound = signature.bind(cls, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        pool, spec = a["block_pool"], a["kv_cache_spec"]
         plain = (
-            isinstance(block_pool, RadixBlockPool)
-            and len(kv_cache_group_ids) == 1
-            and not drop_eagle_block
-            and dcp_world_size == 1
-            and pcp_world_size == 1
-            and alignment_tokens == block_size
-            and block_size == block_pool.hash_block_size
-            and cls is FullAttentionManager
+            cls is FullAttentionManager
+            and isinstance(pool, RadixBlockPool)
+            and len(a["kv_cache_group_ids"]) == 1
+            and not a["drop_eagle_block"]
+            and a["dcp_world_size"] == 1
+            and a["pcp_world_size"] == 1
+            and a["alignment_tokens"] == spec.block_size == pool.hash_block_size
         )
         if not plain:
-            return original(
-                cls,
-                block_hashes,
-                max_length,
-                kv_cache_group_ids,
-                block_pool,
-                kv_cache_spec,
-                drop_eagle_block,
-                alignment_tokens,
-                dcp_world_size,
-                pcp_world_size,
-            )
-        blocks = block_pool.longest_cached_prefix(
-            block_hashes, max_length // block_size, kv_cache_group_ids[0]
+            return original(cls, *args, **kwargs)
+        blocks = pool.longest_cached_prefix(
+            a["block_hashes"], a["max_length"] // spec.block_size, a["kv_cache_group_ids"][0]
         )
-        return (blocks,), len(blocks) * block_size
+        return (blocks,), len(blocks) * spec.block_size
 
     FullAttentionManager.find_longest_cache_hit = classmethod(find_longest_cache_hit)
     _lookup_patched = True

@@ -18,14 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from radix_plugin.xargs import parse_flag
+
 XARG_JSON_SCHEMA = "radix_json_schema"
 XARG_REGEX = "radix_regex"
 XARG_EBNF = "radix_ebnf"
 XARG_CHOICE = "radix_choice"
 XARG_ANY_WHITESPACE = "radix_any_whitespace"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class GrammarKind(str, enum.Enum):
@@ -151,10 +150,7 @@ def _normalize_choice(value: Any) -> str:
 
 
 def _parse_flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise GrammarSpecError(f"{XARG_ANY_WHITESPACE} must be a boolean, got {value!r}")
+    flag = parse_flag(value)
+    if flag is None:
+        raise GrammarSpecError(f"{XARG_ANY_WHITESPACE} must be a boolean, got {value!r}")
+    return flag
