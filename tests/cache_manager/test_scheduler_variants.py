@@ -26,7 +26,7 @@ from radix_plugin.testing.models import get_model_path
 BLOCKS = 64
 
 
-def build(async_scheduling: bool):
+def build(async_scheduling: bool, radix: dict | None = None):
     configure_cpu_env()
     config = EngineArgs(
         model=str(get_model_path("tiny")),
@@ -35,7 +35,7 @@ def build(async_scheduling: bool):
         max_model_len=512,
         enable_prefix_caching=True,
         scheduler_cls="radix_plugin.RadixScheduler",
-        additional_config={"radix_plugin": {"eviction": "lfu", "schedule": "dfs"}},
+        additional_config={"radix_plugin": radix or {"eviction": "lfu", "schedule": "dfs"}},
     ).create_engine_config()
     config.scheduler_config.async_scheduling = async_scheduling
     config.cache_config.num_gpu_blocks = BLOCKS
@@ -133,3 +133,28 @@ def test_follower_is_held_back_while_leader_prefills_the_shared_prefix() -> None
     assert [r.request_id for r in held] == ["follower"]
     assert [r.request_id for r in scheduler.waiting] == ["stranger"]
     scheduler.waiting.prepend_requests(held)
+
+
+def test_workflow_hints_reach_the_eviction_policy_and_tag_cached_prefixes() -> None:
+    from radix_plugin.workflow import AgentStepGraph
+
+    scheduler = build(async_scheduling=False, radix={"eviction": "workflow"})
+    policy = scheduler.kv_cache_manager.block_pool.tree.policy
+    graph = AgentStepGraph.from_steps(["planner", "coder"], loop=True)
+    planner_prompt = list(range(64))
+    first = make_request("p1", [*planner_prompt, 1], graph.hints("wf", 0, "planner"))
+    scheduler.add_request(first)
+    assert policy.steps_of("planner") == 0 and policy.steps_of("coder") == 1
+    scheduler.schedule()
+    scheduler.finish_requests("p1", RequestStatus.FINISHED_ABORTED)
+    # The next planner call hits the cached prompt and tags its path with the agent.
+    second = make_request("p2", [*planner_prompt, 2], graph.hints("wf", 0, "planner"))
+    scheduler.add_request(second)
+    scheduler.schedule()
+    pool = scheduler.kv_cache_manager.block_pool
+    n_blocks, node = pool.cached_prefix_node(second.block_hashes[:2])
+    assert n_blocks == 2
+    assert "planner" in node.metadata["agents"]
+    # Another workflow reports the coder due now: the merged view takes the minimum.
+    scheduler.add_request(make_request("c1", [9] * 40, graph.hints("wf2", 1, "coder")))
+    assert policy.steps_of("coder") == 0
