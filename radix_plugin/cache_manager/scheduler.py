@@ -72,6 +72,7 @@ class RadixSchedulerMixin:
         self._radix_draft_engine = _uses_forced_drafts(vllm_config)
         self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
         self._radix_on_cpu = _on_cpu()
+        self._radix_draft_caps = DraftCaps(self.num_spec_tokens)  # type: ignore[attr-defined]
         has_pool = self.radix_pool is not None
         self._radix_workflow = policy if has_pool and isinstance(policy, WorkflowPolicy) else None
         self._radix_wait_steps: dict[str, int] = {}
@@ -188,12 +189,11 @@ class RadixSchedulerMixin:
         if not self._radix_jump_forward or not self._radix_drafts_safe():
             return
         manager = self.structured_output_manager  # type: ignore[attr-defined]
-        limit = self.num_spec_tokens  # type: ignore[attr-defined]
         for req_id in draft_token_ids.req_ids:
             request = self.requests.get(req_id)  # type: ignore[attr-defined]
             if request is None or request.is_finished() or request.is_prefill_chunk:
                 continue
-            drafts = forced_draft_tokens(request, manager, limit)
+            drafts = forced_draft_tokens(request, manager, self._radix_draft_caps.cap(req_id))
             if drafts:
                 request.spec_token_ids = drafts
 
@@ -222,7 +222,20 @@ class RadixSchedulerMixin:
     # --- pins ----------------------------------------------------------------------------
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        drafted = scheduler_output.scheduled_spec_decode_tokens if self._radix_jump_forward else {}
+        before = {
+            rid: self.requests[rid].num_output_tokens  # type: ignore[attr-defined]
+            for rid in drafted
+            if rid in self.requests  # type: ignore[attr-defined]
+        }
         result = super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
+        for rid, n_before in before.items():
+            request = self.requests.get(rid)  # type: ignore[attr-defined]
+            if request is None or request.is_finished():
+                self._radix_draft_caps.forget(rid)
+            else:
+                accepted = max(0, request.num_output_tokens - n_before - 1)
+                self._radix_draft_caps.observe(rid, accepted)
         if self.radix_pool is not None:
             self._radix_apply_pins(scheduler_output)
         return result
@@ -262,6 +275,36 @@ class RadixSchedulerMixin:
         if ok:
             self._radix_pins.clear()
         return ok
+
+
+class DraftCaps:
+    """Per-request draft length from observed acceptance.
+
+    Verifying a draft costs a forward position whether or not it is accepted; on a CPU that
+    cost is proportional to tokens. When the model prefers another tokenization of the forced
+    text, most drafts are rejected, so each request drafts about twice what it recently got
+    accepted (at least 2, at most the engine's ``num_speculative_tokens``).
+    """
+
+    def __init__(self, limit: int, smoothing: float = 0.5) -> None:
+        self.limit = limit
+        self.smoothing = smoothing
+        self._accepted: dict[str, float] = {}
+
+    def cap(self, req_id: str) -> int:
+        accepted = self._accepted.get(req_id)
+        if accepted is None:
+            return self.limit
+        return max(2, min(self.limit, round(2 * accepted) + 1))
+
+    def observe(self, req_id: str, accepted: int) -> None:
+        old = self._accepted.get(req_id)
+        self._accepted[req_id] = (
+            accepted if old is None else self.smoothing * accepted + (1 - self.smoothing) * old
+        )
+
+    def forget(self, req_id: str) -> None:
+        self._accepted.pop(req_id, None)
 
 
 def _uses_forced_drafts(vllm_config: Any) -> bool:
