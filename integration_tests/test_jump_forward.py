@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,3 +146,38 @@ def test_requests_without_grammar_are_untouched(engines: dict[bool, Any]) -> Non
     on = engines[True].generate(["plain text prompt"], params, use_tqdm=False)
     off = engines[False].generate(["plain text prompt"], params, use_tqdm=False)
     assert on[0].outputs[0].token_ids == off[0].outputs[0].token_ids
+
+
+def _xargs_cases() -> list[tuple[dict[str, Any], Any]]:
+    """(vllm_xargs, check(text) -> bool) for several schemas, a regex and a choice."""
+    from test_structured_logits import CHOICES, REGEX, SCHEMAS
+
+    def schema_check(schema: dict[str, Any]) -> Any:
+        def check(text: str) -> bool:
+            jsonschema.validate(json.loads(text), schema)
+            return True
+
+        return check
+
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"radix_json_schema": json.dumps(s)}, schema_check(s)) for s in SCHEMAS
+    ]
+    cases.append(({"radix_regex": REGEX}, lambda t: re.fullmatch(REGEX, t) is not None))
+    cases.append(({"radix_choice": CHOICES}, lambda t: t in CHOICES))
+    return cases
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_every_grammar_kind_stays_valid_with_jump_forward(
+    engines: dict[bool, Any], batch: int
+) -> None:
+    cases = _xargs_cases()
+    picks = [cases[i % len(cases)] for i in range(batch)]
+    params = [SamplingParams(temperature=0.0, max_tokens=160, extra_args=x) for x, _ in picks]
+    prompts = [f"Item {i}:" for i in range(batch)]
+    on = engines[True].generate(prompts, params, use_tqdm=False)
+    off = engines[False].generate(prompts, params, use_tqdm=False)
+    for (_, check), a, b in zip(picks, on, off, strict=True):
+        assert a.outputs[0].finish_reason == "stop"
+        assert check(a.outputs[0].text)
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
