@@ -49,13 +49,14 @@ def make_manager(num_blocks: int, policy: str = "lru", events: bool = True) -> K
     return manager
 
 
-def request(tokens: list[int], extra: dict[str, Any] | None = None) -> Request:
+def request(tokens: list[int], extra: dict[str, Any] | None = None, lora: Any = None) -> Request:
     hasher = get_request_block_hasher(BS, get_hash_fn_by_name("sha256"))
     return Request(
         request_id=f"r{next(_ids)}",
         prompt_token_ids=tokens,
         sampling_params=SamplingParams(max_tokens=1, extra_args=extra),
         pooling_params=None,
+        lora_request=lora,
         block_hasher=hasher,
     )
 
@@ -193,3 +194,26 @@ def test_radix_priority_feeds_the_priority_policy() -> None:
     m.free(newer)
     _, hit_important, *_ = m.get_computed_blocks(request(list(range(17))))
     assert hit_important == 16  # the older but higher-priority chain survived whole
+
+
+def test_lora_adapters_get_separate_prefixes() -> None:
+    from vllm.lora.request import LoRARequest
+
+    m = make_manager(16)
+    tokens = list(range(12))
+
+    def run(name: str | None) -> int:
+        # The adapter is only hashed here (LoRA name in the block keys), never loaded.
+        lora = None if name is None else LoRARequest(name, 1 + len(name), f"/none/{name}")
+        req = request([*tokens, 99], lora=lora)
+        computed, hit, *_ = m.get_computed_blocks(req)
+        m.allocate_slots(req, 13 - hit, num_new_computed_tokens=hit, new_computed_blocks=computed)
+        req.num_computed_tokens = 13
+        m.free(req)
+        return hit
+
+    assert run("adapter-a") == 0
+    assert run("adapter-a") == 12
+    assert run("adapter-b") == 0
+    assert run(None) == 0
+    assert run(None) == 12
