@@ -24,7 +24,10 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q tests integration_tests
+	# Two processes: unit tests run Triton kernels through the interpreter (tests/conftest.py
+	# sets TRITON_INTERPRET=1 before anything imports Triton); engine tests run without it.
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q integration_tests
 
 bench: setup
 	$(PY) -m pytest -q benchmarks/micro --benchmark-only
