@@ -37,6 +37,7 @@ from radix_plugin.workflow.tracker import WorkflowTracker
 logger = logging.getLogger(__name__)
 
 NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}"
+HOLD_BACK_WINDOW = 128
 
 
 class RadixSchedulerMixin:
@@ -153,7 +154,10 @@ class RadixSchedulerMixin:
                 in_progress.update(r.block_hashes[done:])
         overdue_ids = {id(r) for r in overdue}
         keep, held = [], []
-        for r in ordered:
+        # Only the head of the queue can be admitted this step; beyond it, looking every
+        # waiter up each step would cost more than it saves (as SGLang's LPM fallback).
+        window, tail = ordered[:HOLD_BACK_WINDOW], ordered[HOLD_BACK_WINDOW:]
+        for r in window:
             hit, _ = self._radix_lookup(r)
             hashes = r.block_hashes
             first_new = hashes[hit] if hit < len(hashes) else None
@@ -163,7 +167,7 @@ class RadixSchedulerMixin:
             keep.append(r)
             if r.num_prompt_tokens - hit * self.block_size > budget:  # type: ignore[attr-defined]
                 in_progress.update(hashes[hit:])
-        return keep, held
+        return keep + tail, held
 
     # --- workflow hints ------------------------------------------------------------------
 
