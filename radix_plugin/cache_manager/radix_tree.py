@@ -560,6 +560,9 @@ class RadixTree:
         heapq.heappush(
             self._heap, (self.policy.key(node), next(self._seq), node.heap_version, node)
         )
+        # Every touch pushes a new entry; compact here too, not only in evict(), or a cache
+        # that never fills grows its heap by one stale entry per request forever.
+        self._maybe_compact_heap()
 
     def _forget_leaf(self, node: RadixNode) -> None:
         if node in self._evictable_leaves:
