@@ -414,6 +414,16 @@ class RadixTree:
                 self._protected_blocks -= n.num_blocks
                 self._rekey(n)
 
+    def clear_pins(self) -> None:
+        """Drop every pin (explicit or a policy's), e.g. before a full reset (O(N))."""
+        for n in self.iter_nodes():
+            if n.pin_count:
+                self._pinned_blocks -= n.num_blocks
+                n.pin_count = 0
+                if not n.is_protected:
+                    self._protected_blocks -= n.num_blocks
+                    self._rekey(n)
+
     # ------------------------------------------------------------------ eviction
 
     def evict(self, num_blocks: int) -> list[int]:

@@ -49,7 +49,14 @@ class RadixFreeQueue:
         self._pool = pool
         # Insertion-ordered dict used as a stack: popitem() takes the last one in.
         self._plain: dict[int, KVCacheBlock] = {b.block_id: b for b in reversed(free_blocks)}
-        self.num_free_blocks = len(free_blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Uncached free blocks plus the tree's unprotected (evictable) blocks, O(1).
+
+        Derived rather than counted, so pins, aliases and invalidations can never make it
+        drift from what ``popleft_n`` can actually hand out."""
+        return len(self._plain) + self._pool.tree.evictable_blocks()
 
     # The FreeKVCacheBlockQueue interface ------------------------------------------------
 
@@ -66,26 +73,19 @@ class RadixFreeQueue:
             out.extend(self._pool.evict_cached(n - len(out)))
         if len(out) != n:
             raise RuntimeError(f"radix free queue out of sync: wanted {n}, got {len(out)}")
-        self.num_free_blocks -= n
         return out
 
     def remove(self, block: KVCacheBlock) -> None:
-        if self._plain.pop(block.block_id, None) is not None or self._pool.on_cached_block_used(
-            block
-        ):
-            self.num_free_blocks -= 1
+        if self._plain.pop(block.block_id, None) is None:
+            self._pool.on_cached_block_used(block)
 
     def append(self, block: KVCacheBlock) -> None:
         self.append_n([block])
 
     def append_n(self, blocks: Iterable[KVCacheBlock]) -> None:
         for block in blocks:
-            kept = self._pool.on_block_released(block)
-            if kept is None:
+            if not self._pool.on_block_released(block):
                 self._plain[block.block_id] = block
-                self.num_free_blocks += 1
-            elif kept:
-                self.num_free_blocks += 1
 
     def prepend_n(self, blocks: Iterable[KVCacheBlock]) -> None:
         # Uncached blocks go first (LIFO), as in vLLM; cached ones stay ordered by the tree.
@@ -241,38 +241,30 @@ class RadixBlockPool(BlockPool):
 
     # --- free-queue callbacks ------------------------------------------------------------
 
-    def on_cached_block_used(self, block: KVCacheBlock) -> bool:
-        """A free cached block got a user (a cache hit); True if it had counted as free
-        (a pinned block never does: it cannot be handed out)."""
-        node = self._node_of[block.block_id]
-        was_free = not node.is_protected
-        self.tree.hold(node)
-        return was_free
+    def on_cached_block_used(self, block: KVCacheBlock) -> None:
+        """A free cached block got a user (a cache hit)."""
+        self.tree.hold(self._node_of[block.block_id])
 
-    def on_block_released(self, block: KVCacheBlock) -> bool | None:
-        """A block's last user left. ``None``: not cached, goes to the uncached tier;
-        ``True``: stays cached and can be evicted; ``False``: stays cached and pinned."""
+    def on_block_released(self, block: KVCacheBlock) -> bool:
+        """A block's last user left; True if the tree keeps it (cached), False if it goes to
+        the uncached tier."""
         alias = self._alias_of.pop(block.block_id, None)
         if alias is not None:
             self.tree.release(alias)
-            return None
+            return False
         node = self._node_of.get(block.block_id)
         if node is None:
-            return None
+            return False
         self.tree.release(node)
-        return not node.is_protected
+        return True
 
     def pin_prefix(self, node: RadixNode) -> None:
         """Pin the cached prefix ending at ``node`` (``radix_pin``); may raise
-        ``PinBudgetExceeded``. Its free blocks stop counting as free."""
-        newly = [n for n in node.path_to_root() if not n.is_protected]
+        ``PinBudgetExceeded``. Pinned blocks stop counting as free."""
         self.tree.pin(node)
-        self.free_block_queue.num_free_blocks -= len(newly)
 
     def unpin_prefix(self, node: RadixNode) -> None:
         self.tree.unpin(node)
-        freed = sum(1 for n in node.path_to_root() if not n.is_protected)
-        self.free_block_queue.num_free_blocks += freed
 
     def evict_cached(self, n: int) -> list[KVCacheBlock]:
         """Take ``n`` cached free blocks out of the tree, leaf-first in policy order."""
@@ -308,14 +300,9 @@ class RadixBlockPool(BlockPool):
         self.free_block_queue.move_plain_blocks_from(still_free)  # type: ignore[attr-defined]
 
     def reset_prefix_cache(self) -> bool:
-        pinned_free = [n for n in self.tree.iter_nodes() if n.pin_count and not n.lock_count]
-        in_use = self.num_gpu_blocks - 1 - self.get_num_free_blocks() - len(pinned_free)
-        if in_use == 0:
-            for node in pinned_free:  # a reset drops pins too
-                while node.pin_count:
-                    self.tree.unpin(node)
-                    node_free = not node.is_protected
-                    self.free_block_queue.num_free_blocks += int(node_free)
+        pinned_free = sum(1 for n in self.tree.iter_nodes() if n.pin_count and not n.lock_count)
+        if self.num_gpu_blocks - 1 - self.get_num_free_blocks() - pinned_free == 0:
+            self.tree.clear_pins()  # nothing in use: a reset drops pins too
         if not super().reset_prefix_cache():
             return False
         freed = self.tree.reset()

@@ -217,3 +217,34 @@ def test_lora_adapters_get_separate_prefixes() -> None:
     assert run("adapter-b") == 0
     assert run(None) == 0
     assert run(None) == 12
+
+
+def test_auto_pins_of_the_pinned_policy_keep_the_free_count_exact() -> None:
+    # Pins made by the policy itself (not through the pool) must not let vLLM believe a
+    # pinned block can be handed out: the free count is derived from the tree.
+    m = make_manager(9, policy="pinned")
+    pool = pool_of(m)
+    pool.tree.max_pinned_blocks = 4
+    hot = list(range(9))
+    for _ in range(3):  # the second hit auto-pins the 2-block prefix
+        r, _ = admit(m, hot)
+        m.free(r)
+    assert pool.tree.stats().pinned_blocks == 2
+    assert pool.get_num_free_blocks() == 8 - 2
+    big, _ = admit(m, list(range(100, 124)))  # exactly the 6 allocatable blocks
+    m.free(big)
+    assert m.reset_prefix_cache()
+    assert pool.get_num_free_blocks() == 8
+
+
+def test_duplicate_released_after_the_original_leaves_nothing_uncounted() -> None:
+    m = make_manager(12)
+    tokens = list(range(16))
+    first, _ = admit(m, tokens)
+    m.free(first)
+    dup_user, _ = admit(m, tokens)  # holds the original last block through its duplicate
+    pool = pool_of(m)
+    m.free(dup_user)
+    assert pool.get_num_free_blocks() == 11
+    assert m.reset_prefix_cache()
+    assert pool.get_num_free_blocks() == 11
