@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 Page = Hashable
 """One page's key: the tuple of its ``block_size`` token ids, or any hashable that identifies
-the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare."""
+the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare.
+Not a plain ``int``: a sequence of ints is read as token ids."""
 
 
 @dataclass(eq=False, slots=True)

@@ -141,6 +141,10 @@ class AdaptivePolicy(EvictionPolicy):
       node's origin (prompt or generated output) that were ever hit again. Where generated
       blocks or question tails are never reused, their nodes age a lifetime faster and go
       first; where they are reused (chat clients re-sending answers), no penalty remains.
+
+    A key is computed with the credit, lifetime and shares current at the node's last event
+    and kept until its next one (the lazy heap's contract); re-keying every leaf whenever
+    the learned values move would cost a heap rebuild per eviction.
     """
 
     name = "adaptive"
