@@ -20,15 +20,9 @@ command line is::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 SIDES = {
@@ -40,55 +34,6 @@ SIDES = {
         json.dumps({"radix_plugin": {"eviction": "adaptive", "schedule": "lpm"}}),
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(model: str, port: int, extra: list[str], kv_blocks: int) -> Iterator[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--block-size",
-        "32",
-        "--max-model-len",
-        "2048",
-        "--num-gpu-blocks-override",
-        str(kv_blocks),
-        "--enable-prefix-caching",
-        *extra,
-    ]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start in 300 s") from None
-                time.sleep(1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def hit_ratio(base: str) -> float:
@@ -139,12 +84,14 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from radix_plugin.testing.models import get_model_path
+    from radix_plugin.testing.server import free_port, running_server, server_command
 
     model = str(get_model_path(args.model)) if not Path(args.model).is_dir() else args.model
     results = {}
     for side, extra in SIDES.items():
         port = free_port()
-        with server(model, port, extra, args.kv_blocks) as base:
+        cmd = server_command(model, port, extra, kv_blocks=args.kv_blocks, max_model_len=2048)
+        with running_server(cmd, port) as base:
             r = bench(model, port, args.num_prompts)
             results[side] = {
                 "request_throughput": r["request_throughput"],

