@@ -25,6 +25,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from results_io import machine, write_results
+
 SIDES = {
     "vanilla": [],
     "plugin": [
@@ -119,15 +121,12 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_serve_prefix_repetition.json").write_text(json.dumps(results, indent=1))
         header = (
             "# `vllm bench serve --dataset-name prefix_repetition` (vllm.benchmarks.serve)\n\n"
             f"Model `{args.model}`, {args.num_prompts} prompts, 8 prefixes of 512 tokens, "
-            f"KV pool {args.kv_blocks} blocks x 32 tokens, CPU, 2 cores.\n\n"
+            f"KV pool {args.kv_blocks} blocks x 32 tokens, {machine()}.\n\n"
         )
-        (out / "bench_serve_prefix_repetition.md").write_text(header + table + "\n")
+        write_results(args.out, "bench_serve_prefix_repetition", results, header + table)
     return 0
 
 

