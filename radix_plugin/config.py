@@ -35,6 +35,13 @@ class RadixPluginConfig:
     """Largest share of the KV pool that ``radix_pin`` requests may keep pinned."""
     jump_forward: bool = True
     """Compressed-FSM jump-forward for structured output (masking only when False)."""
+    host_tier_gib: float = 0.0
+    """Host-memory tier size in GiB (with ``--kv-transfer-config`` naming
+    ``RadixHostTierConnector``); 0 means twice the device KV pool."""
+    prefetch: bool = True
+    """Host tier: load the prefixes of agents due soon before their requests arrive."""
+    load_ahead_steps: int = 2
+    """Host tier: prefetch agents whose steps-to-execution is at most this."""
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> RadixPluginConfig:
@@ -80,6 +87,15 @@ class RadixPluginConfig:
         if self.max_wait_steps < 1:
             raise RadixConfigError(
                 f"{CONFIG_KEY}: max_wait_steps must be >= 1, got {self.max_wait_steps}"
+            )
+        if self.host_tier_gib < 0:
+            raise RadixConfigError(
+                f"{CONFIG_KEY}: host_tier_gib must be >= 0 (0 = twice the device pool), "
+                f"got {self.host_tier_gib}"
+            )
+        if self.load_ahead_steps < 0:
+            raise RadixConfigError(
+                f"{CONFIG_KEY}: load_ahead_steps must be >= 0, got {self.load_ahead_steps}"
             )
         if not 0.0 <= self.pin_share <= 0.9:
             raise RadixConfigError(

@@ -457,6 +457,17 @@ class RadixTree:
         self._maybe_compact_heap()
         return freed
 
+    def next_victim(self) -> RadixNode | None:
+        """The leaf :meth:`evict` would trim next, without evicting it (amortised O(log L))."""
+        if self.policy.version != self._policy_version:
+            self._rebuild_heap()
+        while self._heap:
+            _, _, version, node = self._heap[0]
+            if version == node.heap_version and node in self._evictable_leaves:
+                return node
+            heapq.heappop(self._heap)
+        return None
+
     def refresh(self, node: RadixNode) -> None:
         """Re-key ``node`` after its metadata changed outside the tree (O(log L))."""
         self._rekey(node)

@@ -23,7 +23,7 @@ Everything else (hash map, events, metrics, reference counts) is vLLM's own code
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vllm.v1.core.block_pool import BlockPool
@@ -74,6 +74,9 @@ class RadixFreeQueue:
         if len(out) != n:
             raise RuntimeError(f"radix free queue out of sync: wanted {n}, got {len(out)}")
         return out
+
+    def has_uncached_blocks(self) -> bool:
+        return bool(self._plain)
 
     def remove(self, block: KVCacheBlock) -> None:
         if self._plain.pop(block.block_id, None) is None:
@@ -143,6 +146,7 @@ class RadixBlockPool(BlockPool):
         self._node_of: dict[int, RadixNode] = {}
         self._alias_of: dict[int, RadixNode] = {}
         self._evicting = False
+        self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
         still_free = [b for b in self.blocks if not b.is_null]
         self.free_block_queue = RadixFreeQueue(self, still_free)  # type: ignore[assignment]
 
@@ -275,7 +279,69 @@ class RadixBlockPool(BlockPool):
             self._evicting = False
         for block_id in ids:
             del self._node_of[block_id]
-        return [self.blocks[b] for b in ids]
+        evicted = [self.blocks[b] for b in ids]
+        for listener in self._eviction_listeners:
+            listener(evicted)
+        return evicted
+
+    def add_eviction_listener(self, listener: Callable[[list[KVCacheBlock]], None]) -> None:
+        """Call ``listener`` with every batch of evicted cached blocks, while they still
+        carry their block hash and content (the host tier copies them out)."""
+        self._eviction_listeners.append(listener)
+
+    # --- host-tier prefetch --------------------------------------------------------------
+
+    def hold_blocks(self, blocks: Sequence[KVCacheBlock]) -> None:
+        """Take a reference on cached blocks, as a request hit would, without counting a
+        hit (a prefetch keeps the prefix it continues from being evicted)."""
+        BlockPool.touch(self, blocks)
+
+    def take_blocks_for_prefetch(
+        self, n: int, may_evict: Callable[[RadixNode], bool]
+    ) -> list[KVCacheBlock]:
+        """Up to ``n`` blocks for a prefetch: uncached free blocks first, then cached ones,
+        but only while the next eviction victim passes ``may_evict`` (a prefetch must not
+        evict what is needed sooner than what it brings back)."""
+        queue: RadixFreeQueue = self.free_block_queue  # type: ignore[assignment]
+        taken: list[KVCacheBlock] = []
+        while len(taken) < n:
+            if not queue.has_uncached_blocks():
+                victim = self.tree.next_victim()
+                if victim is None or not may_evict(victim):
+                    break
+            taken.extend(self.get_new_blocks(1))
+        return taken
+
+    def adopt_loaded_blocks(
+        self,
+        parent: RadixNode | None,
+        blocks: Sequence[KVCacheBlock],
+        block_hashes: Sequence[Any],
+        first_block_index: int,
+    ) -> RadixNode | None:
+        """Index blocks a prefetch filled as the cached continuation of ``parent`` (``None``:
+        the root), then drop the prefetch's reference so they are ordinary cached blocks.
+
+        ``block_hashes`` are vLLM's hashes with group id, ``first_block_index`` the position
+        of the first block in its sequence. Blocks whose content got cached meanwhile by a
+        request are duplicates and go back uncached. Returns the last indexed node."""
+        last: RadixNode | None = None
+        if parent is None or parent.parent is not None:
+            ids = [b.block_id for b in blocks]
+            already, _ = self.tree.insert(list(block_hashes), ids, parent=parent)
+            node = parent if parent is not None else self.tree.root()
+            for i, (block, page) in enumerate(zip(blocks, block_hashes, strict=True)):
+                node = node.children[page]
+                if i < already:
+                    continue
+                num_tokens = (first_block_index + i + 1) * self.hash_block_size
+                self._insert_block_hash(page, block, num_tokens=num_tokens)
+                self._node_of[block.block_id] = node
+                node.hit_count = max(node.hit_count, 1)  # brought back for reuse
+                self.tree.hold(node)
+                last = node
+        self.free_blocks(blocks)
+        return last
 
     # --- invalidation --------------------------------------------------------------------
 

@@ -106,7 +106,9 @@ def shutdown_llm(llm: Any) -> None:
     torch.distributed (gloo) groups and the frozen `vllm.envs` cache the engine left in this
     process, so later engines and tests start from a clean state.
     """
+    from vllm.distributed.kv_transfer import ensure_kv_transfer_shutdown
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     llm.llm_engine.engine_core.shutdown()
+    ensure_kv_transfer_shutdown()  # the worker's KV connector is a process global
     cleanup_dist_env_and_memory()

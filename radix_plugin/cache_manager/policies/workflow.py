@@ -50,6 +50,10 @@ class WorkflowPolicy(EvictionPolicy):
     def steps_of(self, agent: Hashable) -> int:
         return self._steps.get(agent, self.far)
 
+    def agents_due_within(self, steps: int) -> list[tuple[int, Hashable]]:
+        """``(steps, agent)`` of the agents due within ``steps`` steps, soonest first."""
+        return sorted(((s, a) for a, s in self._steps.items() if s <= steps), key=lambda p: p[0])
+
     def node_steps(self, node: RadixNode) -> int:
         agents = node.metadata.get(AGENTS_KEY)
         if not agents:
