@@ -25,8 +25,12 @@ def test_valid_settings_round_trip() -> None:
             "max_wait_steps": 8,
             "pin_share": 0.1,
             "jump_forward": False,
+            "host_tier_gib": 4,
+            "prefetch": False,
+            "load_ahead_steps": 3,
         }
     )
+    assert (cfg.host_tier_gib, cfg.prefetch, cfg.load_ahead_steps) == (4, False, 3)
     assert (cfg.eviction, cfg.schedule, cfg.max_wait_steps, cfg.jump_forward) == (
         "adaptive",
         "dfs",
@@ -48,6 +52,13 @@ def test_valid_settings_round_trip() -> None:
         ({"max_wait_steps": 2.5}, r"max_wait_steps must be int, got float 2.5"),
         ({"max_wait_steps": True}, r"max_wait_steps must be int, got bool True"),
         ({"max_wait_steps": 0}, r"max_wait_steps must be >= 1, got 0"),
+        (
+            {"host_tier_gib": -1},
+            r"host_tier_gib must be >= 0 \(0 = twice the device pool\), got -1",
+        ),
+        ({"host_tier_gib": "8G"}, r"host_tier_gib must be float, got str '8G'"),
+        ({"load_ahead_steps": -1}, r"load_ahead_steps must be >= 0, got -1"),
+        ({"prefetch": "yes"}, r"prefetch must be bool, got str 'yes'"),
         ({"pin_share": 1.5}, r"pin_share must be between 0 and 0.9, got 1.5"),
         ({"jump_forward": "no"}, r"jump_forward must be bool, got str 'no'"),
         ({"eviction_options": []}, r"eviction_options must be object, got list"),
