@@ -1,28 +1,39 @@
-"""Agent workflows on a real engine: vanilla vLLM vs plugin LRU vs plugin workflow eviction.
+"""Agent workflows on a real engine: vanilla vLLM vs the plugin's LRU, workflow eviction,
+workflow eviction + host tier, and workflow eviction + host tier + prefetch, in one run.
 
     python benchmarks/workflow_side_by_side.py [--model small] [--agents 6] [--workflows 6]
-        [--concurrency 1,4] [--out benchmarks/results]
+        [--concurrency 1,16] [--sides vanilla,plugin_workflow,...] [--out benchmarks/results]
 
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
 followed by a short step-specific context); the KV pool holds only part of the agents'
 prompts, so which prefixes survive between calls decides how much is recomputed. Requests of
 the plugin engines carry the Agent Step Graph hints (``radix_plugin.workflow``); vanilla vLLM
-ignores them. Reported: mean end-to-end workflow latency, hit ratio, ratios to vanilla.
-
-Not measured here: KVFlow's host tier and overlapped prefetch (not built yet).
+ignores them. Reported: mean end-to-end workflow latency, hit ratio (device + host), ratios
+to vanilla. Each engine runs in its own child process (vLLM keeps the worker's KV connector
+in a process global, so two connector engines cannot share a process); the sides run one
+after another with the same prompts and the same engine settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import random
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from results_io import machine, write_results
 
+HOST_TIER = {
+    "kv_connector": "RadixHostTierConnector",
+    "kv_connector_module_path": "radix_plugin.cache_manager.host_tier",
+    "kv_role": "kv_both",
+}
 SIDES = {
     "vanilla": {},
     "plugin_lru": {
@@ -33,14 +44,28 @@ SIDES = {
         "scheduler_cls": "radix_plugin.RadixScheduler",
         "additional_config": {"radix_plugin": {"eviction": "workflow"}},
     },
+    "plugin_workflow_host": {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "additional_config": {"radix_plugin": {"eviction": "workflow", "prefetch": False}},
+        "kv_transfer_config": HOST_TIER,
+    },
+    "plugin_workflow_prefetch": {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "additional_config": {"radix_plugin": {"eviction": "workflow", "prefetch": True}},
+        "kv_transfer_config": HOST_TIER,
+    },
 }
 
 
 def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
     from vllm import LLM
+    from vllm.config import KVTransferConfig
 
     from radix_plugin.testing.engine import cpu_llm_kwargs
 
+    extra = dict(extra)
+    if "kv_transfer_config" in extra:
+        extra["kv_transfer_config"] = KVTransferConfig(**extra["kv_transfer_config"])
     return LLM(
         **cpu_llm_kwargs(
             model,
@@ -95,6 +120,8 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
             started[wf] = time.perf_counter()
             submit(wf, 0)
 
+    host = getattr(engine.engine_core.engine_core.scheduler.connector, "scheduler_side", None)
+    host_before = dataclasses.asdict(host.stats) if host is not None else {}
     t0 = time.perf_counter()
     start_more()
     while active:
@@ -108,44 +135,127 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
             else:
                 latencies.append(time.perf_counter() - started[wf])
         start_more()
-    return {
+    result: dict[str, Any] = {
         "wall_s": time.perf_counter() - t0,
         "workflow_latency_mean_s": statistics.fmean(latencies),
         "hit_ratio": totals["hits"] / totals["prompt"],
     }
+    if host is not None:
+        after = dataclasses.asdict(host.stats)
+        result["host_tier"] = {k: after[k] - host_before[k] for k in after}
+    return result
+
+
+def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> dict[str, Any]:
+    """One engine, every concurrency level; called in a child process."""
+    llm = make_engine(args.model, args.kv_blocks, SIDES[side])
+    vocab = llm.llm_engine.model_config.get_vocab_size()
+    prompts = agent_prompts(args.agents, vocab)
+    out = {}
+    for conc in concurrencies:
+        assert llm.reset_prefix_cache()
+        out[str(conc)] = run(llm, prompts, max(args.workflows, conc), conc)
+    return {"results": out, "agent_prompt_tokens": [len(p) for p in prompts]}
+
+
+def run_in_child(side: str, argv: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, *argv, "--child", side]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Speed-up over vanilla per engine, one group of bars per concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = list(rows[0]["results"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(sides)
+    for i, side in enumerate(sides):
+        speedups = [
+            row["results"]["vanilla"]["workflow_latency_mean_s"]
+            / row["results"][side]["workflow_latency_mean_s"]
+            for row in rows
+        ]
+        xs = [j + i * width for j in range(len(rows))]
+        ax.bar(xs, speedups, width, label=side)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks([j + width * (len(sides) - 1) / 2 for j in range(len(rows))])
+    ax.set_xticklabels([f"{row['concurrency']} concurrent" for row in rows])
+    ax.set_ylabel("end-to-end workflow speed-up vs vanilla vLLM")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """The parent's arguments for a child, which writes no files."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="small")
     ap.add_argument("--agents", type=int, default=6)
-    ap.add_argument("--workflows", type=int, default=6)
-    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--workflows", type=int, default=6, help="at least the concurrency")
+    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"from {', '.join(SIDES)}")
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    engines = {
-        side: make_engine(args.model, args.kv_blocks, extra) for side, extra in SIDES.items()
-    }
-    vocab = next(iter(engines.values())).llm_engine.model_config.get_vocab_size()
-    prompts = agent_prompts(args.agents, vocab)
-    rows = []
-    for conc in (int(c) for c in args.concurrency.split(",")):
-        results = {}
-        for side, llm in engines.items():
-            assert llm.reset_prefix_cache()
-            results[side] = run(llm, prompts, args.workflows, conc)
-        rows.append({"concurrency": conc, "results": results})
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.child:
+        print(json.dumps(run_side(args.child, args, concurrencies)))
+        return 0
+    sides = args.sides.split(",")
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        ap.error(f"unknown side(s) {unknown}; valid: {', '.join(SIDES)}")
+    per_side = {}
+    for side in sides:
+        print(f"running {side} ...", file=sys.stderr, flush=True)
+        per_side[side] = run_in_child(side, _without_out(argv))
+    prompts_tokens = next(iter(per_side.values()))["agent_prompt_tokens"]
+    rows = [
+        {
+            "concurrency": conc,
+            "workflows": max(args.workflows, conc),
+            "results": {side: r["results"][str(conc)] for side, r in per_side.items()},
+        }
+        for conc in concurrencies
+    ]
     lines = [
-        "| concurrent workflows | engine | workflow latency s | hit ratio | speed-up vs vanilla |",
-        "|---|---|---|---|---|",
+        "| concurrent workflows | engine | workflow latency s | hit ratio (device + host) "
+        "| host blocks loaded / prefetched | speed-up vs vanilla |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        base = row["results"]["vanilla"]["workflow_latency_mean_s"]
-        for side, r in row["results"].items():
+        results = row["results"]
+        base_side = "vanilla" if "vanilla" in results else next(iter(results))
+        base = results[base_side]["workflow_latency_mean_s"]
+        for side, r in results.items():
+            host = r.get("host_tier")
+            moved = f"{host['loaded_blocks']} / {host['prefetched_blocks']}" if host else "-"
             lines.append(
                 f"| {row['concurrency']} | {side} | {r['workflow_latency_mean_s']:.2f} | "
-                f"{r['hit_ratio']:.3f} | {base / r['workflow_latency_mean_s']:.2f}x |"
+                f"{r['hit_ratio']:.3f} | {moved} | {base / r['workflow_latency_mean_s']:.2f}x |"
             )
     table = "\n".join(lines)
     print(table)
@@ -153,18 +263,22 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "model": args.model,
             "agents": args.agents,
-            "agent_prompt_tokens": [len(p) for p in prompts],
+            "agent_prompt_tokens": prompts_tokens,
             "workflows": args.workflows,
             "kv_pool_tokens": args.kv_blocks * 32,
+            "host_tier": "default size (twice the device pool)",
+            "command": "python benchmarks/workflow_side_by_side.py " + " ".join(argv),
             "machine": machine(),
         }
         write_results(
             args.out,
             "workflow_side_by_side",
             {"meta": meta, "rows": rows},
-            "# Agent workflows on a real engine (no host tier, no prefetch yet)\n\n"
-            f"{meta}\n\n{table}",
+            "# Agent workflows on a real engine: vanilla vs plugin (device pool, host tier, "
+            f"prefetch)\n\n{meta}\n\n{table}",
         )
+        if "vanilla" in sides:
+            plot(rows, Path(args.out) / "workflow_side_by_side.png")
     return 0
 
 
