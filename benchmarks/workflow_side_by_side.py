@@ -148,11 +148,14 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
 
 def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> dict[str, Any]:
     """One engine, every concurrency level; called in a child process."""
+    from radix_plugin.testing.engine import drain
+
     llm = make_engine(args.model, args.kv_blocks, SIDES[side])
     vocab = llm.llm_engine.model_config.get_vocab_size()
     prompts = agent_prompts(args.agents, vocab)
     out = {}
     for conc in concurrencies:
+        drain(llm)
         assert llm.reset_prefix_cache()
         out[str(conc)] = run(llm, prompts, max(args.workflows, conc), conc)
     return {"results": out, "agent_prompt_tokens": [len(p) for p in prompts]}

@@ -16,7 +16,7 @@ import pytest
 from vllm import LLM, SamplingParams
 from vllm.config import KVTransferConfig
 
-from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
+from radix_plugin.testing.engine import cpu_llm_kwargs, drain, shutdown_llm
 from radix_plugin.workflow import AgentStepGraph
 
 BLOCK = 32
@@ -74,6 +74,8 @@ def _generate(llm: LLM, prompt: list[int], **extra_args: Any) -> Any:
 
 
 def _reset(llm: LLM) -> None:
+    drain(llm)
+    assert not _host(llm).loads_in_flight()
     assert llm.reset_prefix_cache()
     _host(llm).reset()
 

@@ -112,3 +112,15 @@ def shutdown_llm(llm: Any) -> None:
     llm.llm_engine.engine_core.shutdown()
     ensure_kv_transfer_shutdown()  # the worker's KV connector is a process global
     cleanup_dist_env_and_memory()
+
+
+def drain(llm: Any) -> None:
+    """Step an in-process engine until its scheduler has nothing in flight.
+
+    ``LLM.generate`` returns when its requests finish, but background work a KV connector
+    started (a host-tier prefetch) is only reported done by a later step; an in-process
+    engine takes no step on its own, so call this before ``reset_prefix_cache``.
+    """
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    while scheduler.has_requests():
+        llm.llm_engine.step()

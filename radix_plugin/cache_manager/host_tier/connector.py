@@ -114,6 +114,11 @@ class RadixHostTierConnector(KVConnectorBase_V1):
     ) -> tuple[bool, dict[str, Any] | None]:
         return self._sched.request_finished(request), None
 
+    def has_pending_push_work(self) -> bool:
+        """Keep the engine stepping while a prefetch is in flight: only a step reports it
+        done, and until then it holds device blocks (an idle engine would keep them)."""
+        return self._sched.has_prefetches_in_flight()
+
     def reset_cache(self) -> bool:
         return self._sched.reset()
 

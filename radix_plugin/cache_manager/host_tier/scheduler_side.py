@@ -314,6 +314,9 @@ class HostTierScheduler:
         self.index.clear()
         return True
 
+    def has_prefetches_in_flight(self) -> bool:
+        return bool(self._prefetches)
+
     def loads_in_flight(self) -> dict[str, LoadJob]:
         """Demand and prefetch loads not yet reported done (for tests and introspection)."""
         jobs = {rid: job for rid, (job, _) in self._demand.items()}
