@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from vllm import LLM, SamplingParams
 from vllm.config import KVTransferConfig
+from vllm.v1.request import RequestStatus
 
 from radix_plugin.testing.engine import cpu_llm_kwargs, drain, shutdown_llm
 from radix_plugin.workflow import AgentStepGraph
@@ -160,6 +161,9 @@ def test_abort_mid_load_loses_nothing_else(llm: LLM) -> None:
         finished[out.request_id] = out
     loading = [rid for rid in host.loads_in_flight() if rid.startswith("doomed")]
     assert loading, "the request to abort was not loading"
+    # It waits for its blocks without holding up the batch: the bystander runs meanwhile.
+    assert scheduler.requests[loading[0]].status == RequestStatus.WAITING_FOR_REMOTE_KVS
+    assert any(r.request_id.startswith("bystander") for r in scheduler.running)
     engine.abort_request(["doomed"])
     while engine.has_unfinished_requests():
         for out in engine.step():
