@@ -54,17 +54,24 @@ def _metric(text: str, name: str) -> float:
     )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
+def serve_for_module(
+    tmp_path_factory: pytest.TempPathFactory, cmd: list[str], port: int
+) -> Iterator[str]:
+    """Run a server for a test module; a failed start fails with the tail of its log."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = _server_cmd(get_model_path("tiny"), port, {"eviction": "lru", "schedule": "lpm"})
     with open(log, "w") as fh:
         try:
             with running_server(cmd, port, fh, STARTUP_TIMEOUT_S) as base:
                 yield base
         except RuntimeError as exc:
             pytest.fail(f"{exc}\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    cmd = _server_cmd(get_model_path("tiny"), port, {"eviction": "lru", "schedule": "lpm"})
+    yield from serve_for_module(tmp_path_factory, cmd, port)
 
 
 def test_completions_hit_the_prefix_cache_and_metrics_show_it(server: str) -> None:

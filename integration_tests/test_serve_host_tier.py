@@ -8,10 +8,10 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from test_serve import STARTUP_TIMEOUT_S, _get, _metric, _post
+from test_serve import _get, _metric, _post, serve_for_module
 
 from radix_plugin.testing.models import get_model_path
-from radix_plugin.testing.server import free_port, running_server, server_command
+from radix_plugin.testing.server import free_port, server_command
 from radix_plugin.workflow import AgentStepGraph
 
 HOST_TIER = {
@@ -24,7 +24,6 @@ HOST_TIER = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("serve_host") / "server.log"
     flags = [
         "--max-num-seqs",
         "4",
@@ -36,12 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         json.dumps(HOST_TIER),
     ]
     cmd = server_command(get_model_path("tiny"), port, flags, kv_blocks=80, max_model_len=2048)
-    with open(log, "w") as fh:
-        try:
-            with running_server(cmd, port, fh, STARTUP_TIMEOUT_S) as base:
-                yield base
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}\n{log.read_text()[-4000:]}")
+    yield from serve_for_module(tmp_path_factory, cmd, port)
 
 
 def test_evicted_prompt_comes_back_from_host_memory(server: str) -> None:
