@@ -1,8 +1,10 @@
 """`make demo`: vanilla vLLM vs vLLM + radix_plugin on a real engine, side by side.
 
 A quick cut of ``engine_side_by_side.py`` (the `small` test model, half-size workloads, one
-run each) followed by the trace simulator on a synthetic few-shot trace. Full runs:
-``python benchmarks/engine_side_by_side.py --out benchmarks/results`` and
+run each), of ``workflow_side_by_side.py`` (an agent pipeline: vanilla vs KVFlow eviction
+with the host tier and prefetch), then the trace simulator on a synthetic few-shot trace.
+Full runs: ``python benchmarks/engine_side_by_side.py --out benchmarks/results``,
+``python benchmarks/workflow_side_by_side.py --out benchmarks/results`` and
 ``python benchmarks/sweep_policies.py``.
 """
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import engine_side_by_side
 import simulate
+import workflow_side_by_side
 
 
 def main() -> int:
@@ -27,6 +30,23 @@ def main() -> int:
             "1",
             "--scale",
             "0.5",
+        ]
+    )
+    if rc:
+        return rc
+    print("\n== Agent workflow (KVFlow): vanilla vs workflow eviction + host tier ==", flush=True)
+    rc = workflow_side_by_side.main(
+        [
+            "--agents",
+            "4",
+            "--workflows",
+            "3",
+            "--concurrency",
+            "1",
+            "--kv-blocks",
+            "300",
+            "--sides",
+            "vanilla,plugin_workflow,plugin_workflow_prefetch",
         ]
     )
     if rc:

@@ -29,6 +29,8 @@ from typing import Any
 
 from results_io import machine, write_results
 
+MAX_MODEL_LEN = 8192
+BLOCK = 32
 HOST_TIER = {
     "kv_connector": "RadixHostTierConnector",
     "kv_connector_module_path": "radix_plugin.cache_manager.host_tier",
@@ -69,7 +71,7 @@ def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
     return LLM(
         **cpu_llm_kwargs(
             model,
-            max_model_len=8192,
+            max_model_len=MAX_MODEL_LEN,
             max_num_seqs=16,
             num_kv_blocks=kv_blocks,
             enable_prefix_caching=True,
@@ -227,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_side(args.child, args, concurrencies)))
         return 0
+    min_blocks = MAX_MODEL_LEN // BLOCK + 1
+    if args.kv_blocks < min_blocks:
+        ap.error(f"--kv-blocks must be >= {min_blocks} (one {MAX_MODEL_LEN}-token request)")
     sides = args.sides.split(",")
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "agents": args.agents,
             "agent_prompt_tokens": prompts_tokens,
             "workflows": args.workflows,
-            "kv_pool_tokens": args.kv_blocks * 32,
+            "kv_pool_tokens": args.kv_blocks * BLOCK,
             "host_tier": "default size (twice the device pool)",
             "command": "python benchmarks/workflow_side_by_side.py " + " ".join(argv),
             "machine": machine(),
