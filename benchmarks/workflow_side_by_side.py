@@ -81,9 +81,11 @@ def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
     )
 
 
-def agent_prompts(agents: int, vocab: int, seed: int = 0) -> list[list[int]]:
+def agent_prompts(
+    agents: int, vocab: int, lengths: tuple[int, int], seed: int = 0
+) -> list[list[int]]:
     rng = random.Random(seed)
-    lengths = [rng.randrange(2048, 4096) for _ in range(agents)]
+    lengths = [rng.randrange(*lengths) for _ in range(agents)]
     return [[rng.randrange(16, vocab) for _ in range(n)] for n in lengths]
 
 
@@ -154,7 +156,7 @@ def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> d
 
     llm = make_engine(args.model, args.kv_blocks, SIDES[side])
     vocab = llm.llm_engine.model_config.get_vocab_size()
-    prompts = agent_prompts(args.agents, vocab)
+    prompts = agent_prompts(args.agents, vocab, _prompt_range(args.prompt_tokens))
     out = {}
     for conc in concurrencies:
         drain(llm)
@@ -199,6 +201,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _prompt_range(text: str) -> tuple[int, int]:
+    low, high = (int(x) for x in text.split(","))
+    if not BLOCK <= low < high <= MAX_MODEL_LEN - 256:
+        raise SystemExit(
+            f"--prompt-tokens {text!r}: need {BLOCK} <= MIN < MAX <= {MAX_MODEL_LEN - 256}"
+        )
+    return low, high
+
+
 def _without_out(argv: list[str]) -> list[str]:
     """The parent's arguments for a child, which writes no files."""
     out: list[str] = []
@@ -222,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"from {', '.join(SIDES)}")
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
+    ap.add_argument("--prompt-tokens", default="2048,4096", help="MIN,MAX agent prompt")
+    ap.add_argument("--name", default="workflow_side_by_side", help="result file name")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -229,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_side(args.child, args, concurrencies)))
         return 0
+    _prompt_range(args.prompt_tokens)
     min_blocks = MAX_MODEL_LEN // BLOCK + 1
     if args.kv_blocks < min_blocks:
         ap.error(f"--kv-blocks must be >= {min_blocks} (one {MAX_MODEL_LEN}-token request)")
@@ -280,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_results(
             args.out,
-            "workflow_side_by_side",
+            args.name,
             {"meta": meta, "rows": rows},
             "# Agent workflows on a real engine: vanilla vs plugin (device pool, host tier, "
             f"prefetch)\n\n{meta}\n\n{table}",
         )
         if "vanilla" in sides:
-            plot(rows, Path(args.out) / "workflow_side_by_side.png")
+            plot(rows, Path(args.out) / f"{args.name}.png")
     return 0
 
 

@@ -233,13 +233,32 @@ class HostTierScheduler:
     # --- prefetch ------------------------------------------------------------------------
 
     def _plan_prefetches(self) -> None:
-        policy = self.pool.tree.policy
+        """Prefetch due agents, soonest first, while their prompts still fit.
+
+        What must stay on the device until an agent at ``s`` steps runs is what is in use now
+        plus the prompts of the agents due at 1..``s`` steps; past the pool (less a reserve),
+        a prefetch would only be evicted again by a sooner agent's request before its own
+        arrives, so planning stops there. Agents due now (0 steps) are in use or arriving.
+        """
+        pool = self.pool
+        policy = pool.tree.policy
         if not isinstance(policy, WorkflowPolicy):
             return
+        usable = pool.num_gpu_blocks - 1 - self._reserve()
+        needed = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()
         for steps, agent in policy.agents_due_within(self.load_ahead_steps):
             path = self._agent_paths.get(agent)
-            if path:
-                self._prefetch(agent, steps, path, policy)
+            if not path:
+                continue
+            if steps > 0:
+                needed += len(path)
+            if needed > usable:
+                return
+            self._prefetch(agent, steps, path, policy)
+
+    def _reserve(self) -> int:
+        """Free blocks a prefetch never takes: room for running requests to grow."""
+        return max(1, self.pool.num_gpu_blocks // 10)
 
     def _prefetch(
         self, agent: Hashable, steps: int, path: list[Any], policy: WorkflowPolicy
@@ -257,8 +276,7 @@ class HostTierScheduler:
             slots.append(slot)
         if not keys:
             return
-        reserve = max(1, pool.num_gpu_blocks // 10)
-        budget = min(len(keys), pool.get_num_free_blocks() - reserve)
+        budget = min(len(keys), pool.get_num_free_blocks() - self._reserve())
         if budget <= 0:
             return
         self.index.protect(slots)  # evictions below save into host slots; not these
