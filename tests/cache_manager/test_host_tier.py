@@ -226,3 +226,41 @@ def test_prefetch_only_evicts_what_is_needed_later_and_adopted_blocks_hit() -> N
     _, hit, *_ = m.get_computed_blocks(probe)
     assert hit == 2 * BS
     assert pool.get_num_free_blocks() == 8
+
+
+def test_prefetch_plans_due_agents_while_their_prompts_fit_and_adopts_loaded_blocks() -> None:
+    from collections import Counter
+
+    from vllm.v1.outputs import KVConnectorOutput
+
+    from radix_plugin.cache_manager.host_tier.metadata import HostTierWorkerMetadata
+
+    m = make_manager(13, policy="workflow", events=False)  # 12 usable, 1 kept as reserve
+    pool = pool_of(m)
+    host = HostTierScheduler(
+        block_size=BS, num_slots=64, prefetch=True, load_ahead_steps=2, num_workers=1
+    )
+    host.bind(pool)
+    prompts = {"x": list(range(100, 125)), "y": list(range(200, 225))}  # 6 full blocks each
+    for agent, tokens in prompts.items():
+        req, _ = admit(m, tokens, extra={"radix_agent": agent})
+        host.on_new_request(req)
+        m.free(req)
+    filler, _ = admit(m, list(range(300, 348)))  # 12 blocks: both prompts go to the host
+    m.free(filler)
+    assert len(host.build_meta().saves) == 12
+    pool.tree.policy.update_steps({"x": 1, "y": 2})
+    meta = host.build_meta()
+    # x fits (6 of 11 usable blocks); x and y together (12) do not, so y waits its turn.
+    (job_id,) = meta.loads
+    assert meta.loads[job_id].prefetch and len(meta.loads[job_id].block_ids) == 6
+    assert len(meta.saves) == 6  # the filler blocks it displaced went to the host first
+    assert host.has_prefetches_in_flight()
+    _, hit, *_ = m.get_computed_blocks(request(prompts["x"]))
+    assert hit == 0  # not usable until the load is reported done
+    done = HostTierWorkerMetadata(finished=Counter({job_id: 1}))
+    host.on_output(KVConnectorOutput(kv_connector_worker_meta=done))
+    assert not host.has_prefetches_in_flight()
+    _, hit, *_ = m.get_computed_blocks(request(prompts["x"]))
+    assert hit == 6 * BS
+    assert pool.get_num_free_blocks() == 12  # the prefetch's holds are all dropped
