@@ -166,6 +166,7 @@ def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> d
 
 
 def run_in_child(side: str, argv: list[str]) -> dict[str, Any]:
+    """The parent's arguments plus ``--child``: a child prints its JSON and writes nothing."""
     cmd = [sys.executable, __file__, *argv, "--child", side]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -210,20 +211,6 @@ def _prompt_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _without_out(argv: list[str]) -> list[str]:
-    """The parent's arguments for a child, which writes no files."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--out":
-            skip = True
-        elif not arg.startswith("--out="):
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__)
@@ -253,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     per_side = {}
     for side in sides:
         print(f"running {side} ...", file=sys.stderr, flush=True)
-        per_side[side] = run_in_child(side, _without_out(argv))
+        per_side[side] = run_in_child(side, argv)
     prompts_tokens = next(iter(per_side.values()))["agent_prompt_tokens"]
     rows = [
         {
