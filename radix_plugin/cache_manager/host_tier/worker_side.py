@@ -33,6 +33,7 @@ class HostTierWorker:
         self._kv_cache_config = kv_cache_config
         self._num_slots = num_slots
         self._store: HostStore | None = None
+        self._stream: torch.cuda.Stream | None = None  # loads' side stream, on GPU
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radix-host-load")
         self._jobs: dict[str, tuple[LoadJob, Future[None]]] = {}
         self._load_errors: set[int] = set()
@@ -40,6 +41,8 @@ class HostTierWorker:
     def register_kv_caches(self, kv_caches: Mapping[str, torch.Tensor]) -> None:
         pages = page_views(kv_caches, self._kv_cache_config)
         self._store = HostStore(pages, self._num_slots)
+        if self._store.device.type == "cuda":
+            self._stream = torch.cuda.Stream(device=self._store.device)
 
     @property
     def store(self) -> HostStore:
@@ -57,7 +60,7 @@ class HostTierWorker:
             self._jobs[job_id] = (job, self._executor.submit(self._run_load, job))
 
     def _run_load(self, job: LoadJob) -> None:
-        stream = torch.cuda.Stream() if self.store.device.type == "cuda" else None
+        stream = self._stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self.store.load(job.slots, job.block_ids)
         if stream is not None:
