@@ -68,3 +68,74 @@ def seq_of_token(qsl_ptr, num_seqs, token):
     Empty sequences (qsl[i] == qsl[i + 1]) are skipped because a later index wins the tie.
     """
     return _last_true(qsl_ptr, num_seqs, token, 1, False)
+
+
+@triton.jit
+def paged_kv_tile(
+    k_base,
+    v_base,
+    bt_row,
+    offs_n,
+    n_mask,
+    d_mask,
+    stride_kb,
+    stride_ks,
+    stride_vb,
+    stride_vs,
+    PAGE: tl.constexpr,
+    MASK_N: tl.constexpr,
+):
+    """K and V tiles [BLOCK_N, BLOCK_D] of key positions `offs_n` of one sequence and KV head.
+
+    Position n lives in slot n % PAGE of page bt_row[n // PAGE]; `k_base`/`v_base` already
+    point at the KV head and the head-dim offsets. MASK_N=False skips the position mask for
+    tiles known to be whole (the hot loop over a cached prefix); masked rows read zeros.
+    """
+    slot = offs_n % PAGE
+    if MASK_N:
+        page = tl.load(bt_row + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+    else:
+        page = tl.load(bt_row + offs_n // PAGE).to(tl.int64)
+        kv_mask = d_mask[None, :]
+    k = tl.load(
+        k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks, mask=kv_mask, other=0.0
+    )
+    v = tl.load(
+        v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs, mask=kv_mask, other=0.0
+    )
+    return k, v
+
+
+@triton.jit
+def online_softmax_step(
+    q,
+    k,
+    v,
+    m_i,
+    l_i,
+    acc,
+    keep,
+    sm_scale_log2,
+    MASKED: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Fold one key tile into the running (max, sum, output) of base-2 online softmax.
+
+    With MASKED, scores where `keep` is False are dropped, and a row that has seen no key yet
+    (possible with split-KV) keeps exp2 away from -inf - -inf.
+    """
+    qk = mma(q, tl.trans(k), IEEE, UPCAST) * sm_scale_log2
+    if MASKED:
+        qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_ref = m_new
+    p = tl.exp2(qk - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE, UPCAST)
+    return m_new, l_i, acc

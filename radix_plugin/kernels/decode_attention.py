@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from radix_plugin.kernels import split_merge
-from radix_plugin.kernels._tl_helpers import mma
+from radix_plugin.kernels._tl_helpers import online_softmax_step, paged_kv_tile
 from radix_plugin.kernels._utils import INTERPRET, check_launchable, next_power_of_2
 from radix_plugin.kernels.configs import DecodeConfig
 
@@ -88,39 +88,28 @@ def _decode_kernel(
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+    k_base = k_ptr + kv_head * stride_kh + offs_d[None, :]
+    v_base = v_ptr + kv_head * stride_vh + offs_d[None, :]
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi
-        page = tl.load(bt_row + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
-        slot = offs_n % PAGE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_ptr
-            + page[:, None] * stride_kb
-            + slot[:, None] * stride_ks
-            + kv_head * stride_kh
-            + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
+        k, v = paged_kv_tile(
+            k_base,
+            v_base,
+            bt_row,
+            offs_n,
+            n_mask,
+            d_mask,
+            stride_kb,
+            stride_ks,
+            stride_vb,
+            stride_vs,
+            PAGE,
+            True,
         )
-        # Every tile holds at least one valid key (start < hi), so no row is fully masked.
-        qk = mma(q, tl.trans(k), IEEE, UPCAST) * sm_scale_log2
-        qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_ptr
-            + page[:, None] * stride_vb
-            + slot[:, None] * stride_vs
-            + kv_head * stride_vh
-            + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
+        m_i, l_i, acc = online_softmax_step(
+            q, k, v, m_i, l_i, acc, n_mask[None, :], sm_scale_log2, True, IEEE, UPCAST
         )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE, UPCAST)
-        m_i = m_new
 
     acc = acc / l_i[:, None]
     if NUM_SPLITS == 1:

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from radix_plugin.kernels import split_merge
-from radix_plugin.kernels._tl_helpers import mma, seq_of_tile
+from radix_plugin.kernels._tl_helpers import online_softmax_step, paged_kv_tile, seq_of_tile
 from radix_plugin.kernels._utils import (
     INTERPRET,
     check_launchable,
@@ -141,56 +141,48 @@ def _extend_kernel(
     # Unmasked part: the cached prefix and any new keys below the tile's first query.
     for start in range(lo, full_end, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        page = tl.load(bt_row + offs_n // PAGE).to(tl.int64)
-        slot = offs_n % PAGE
-        k = tl.load(
-            k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks,
-            mask=d_mask[None, :],
-            other=0.0,
+        k, v = paged_kv_tile(
+            k_base,
+            v_base,
+            bt_row,
+            offs_n,
+            offs_n < hi,
+            d_mask,
+            stride_kb,
+            stride_ks,
+            stride_vb,
+            stride_vs,
+            PAGE,
+            False,
         )
-        qk = mma(q, tl.trans(k), IEEE, UPCAST) * sm_scale_log2
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs,
-            mask=d_mask[None, :],
-            other=0.0,
+        m_i, l_i, acc = online_softmax_step(
+            q, k, v, m_i, l_i, acc, None, sm_scale_log2, False, IEEE, UPCAST
         )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE, UPCAST)
-        m_i = m_new
 
     # Masked part: tiles on the causal diagonal and the ragged end of the range.
     for start in range(full_end, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi
-        page = tl.load(bt_row + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
-        slot = offs_n % PAGE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks,
-            mask=kv_mask,
-            other=0.0,
+        k, v = paged_kv_tile(
+            k_base,
+            v_base,
+            bt_row,
+            offs_n,
+            n_mask,
+            d_mask,
+            stride_kb,
+            stride_ks,
+            stride_vb,
+            stride_vs,
+            PAGE,
+            True,
         )
-        qk = mma(q, tl.trans(k), IEEE, UPCAST) * sm_scale_log2
         keep = n_mask[None, :]
         if CAUSAL:
             keep = keep & (offs_n[None, :] <= q_pos[:, None])
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        # With split-KV a row can see no key of this split yet: keep exp2 away from -inf - -inf.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs,
-            mask=kv_mask,
-            other=0.0,
+        m_i, l_i, acc = online_softmax_step(
+            q, k, v, m_i, l_i, acc, keep, sm_scale_log2, True, IEEE, UPCAST
         )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE, UPCAST)
-        m_i = m_new
 
     if NUM_SPLITS == 1:
         # Every real row sees at least its own key, so l_i > 0 on the rows that are stored.
