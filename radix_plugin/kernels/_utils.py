@@ -60,3 +60,9 @@ def device_sms(t: torch.Tensor) -> int:
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return num_sms(index)
     return 132
+
+
+def paged_cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
+    """Block, slot and head strides of a [num_blocks, block_size, kv_heads, head_dim] K and V
+    cache, in the order every kernel here takes them."""
+    return (*k_cache.stride()[:3], *v_cache.stride()[:3])

@@ -15,7 +15,12 @@ import triton.language as tl
 
 from radix_plugin.kernels import split_merge
 from radix_plugin.kernels._tl_helpers import online_softmax_step, paged_kv_tile
-from radix_plugin.kernels._utils import INTERPRET, check_launchable, next_power_of_2
+from radix_plugin.kernels._utils import (
+    INTERPRET,
+    check_launchable,
+    next_power_of_2,
+    paged_cache_strides,
+)
 from radix_plugin.kernels.configs import DecodeConfig
 
 
@@ -166,12 +171,7 @@ def decode_attention(
         q.stride(1),
         out.stride(0),
         out.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
+        *paged_cache_strides(k_cache, v_cache),
         block_table.stride(0),
         GROUP=group,
         HEAD_DIM=head_dim,

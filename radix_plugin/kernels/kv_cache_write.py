@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radix_plugin.kernels._utils import check_launchable, next_power_of_2
+from radix_plugin.kernels._utils import check_launchable, next_power_of_2, paged_cache_strides
 
 
 @triton.jit
@@ -97,12 +97,7 @@ def write_kv_cache(
         key.stride(1),
         value.stride(0),
         value.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
+        *paged_cache_strides(k_cache, v_cache),
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         BLOCK_H=block_h,

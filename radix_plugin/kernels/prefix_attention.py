@@ -25,6 +25,7 @@ from radix_plugin.kernels._utils import (
     check_launchable,
     device_sms,
     next_power_of_2,
+    paged_cache_strides,
 )
 from radix_plugin.kernels.configs import (
     DecodeConfig,
@@ -239,12 +240,7 @@ def extend_attention(
         q.stride(1),
         out.stride(0),
         out.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
+        *paged_cache_strides(k_cache, v_cache),
         block_table.stride(0),
         GROUP=num_q_heads // num_kv_heads,
         HEAD_DIM=head_dim,
