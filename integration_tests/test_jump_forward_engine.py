@@ -115,30 +115,30 @@ def _run(
     return steps[0], [list(o.token_ids) for o in ordered], [o.text for o in ordered]
 
 
-def test_forced_keys_cut_engine_steps_and_outputs_stay_identical_and_valid(
-    engines: dict[bool, Any],
+def _assert_fewer_steps_same_valid_outputs(
+    engines: dict[bool, Any], prompts: list[str], label: str, *params: Any
 ) -> None:
-    prompts = [f"Customer record {i}:" for i in range(6)]
-    steps_on, tokens_on, texts_on = _run(engines[True], prompts)
-    steps_off, tokens_off, _ = _run(engines[False], prompts)
+    steps_on, tokens_on, texts_on = _run(engines[True], prompts, *params)
+    steps_off, tokens_off, _ = _run(engines[False], prompts, *params)
     assert tokens_on == tokens_off
     for text in texts_on:
         jsonschema.validate(json.loads(text), SCHEMA)
-    print(f"engine steps: jump-forward {steps_on}, masking only {steps_off}")
+    print(f"{label}, engine steps: jump-forward {steps_on}, masking only {steps_off}")
     # Over half of every output is forced key text; the drafts must remove a clear share of
     # the steps (the exact ratio is reported by the benchmark, not asserted).
     assert steps_on < 0.75 * steps_off
 
 
+def test_forced_keys_cut_engine_steps_and_outputs_stay_identical_and_valid(
+    engines: dict[bool, Any],
+) -> None:
+    prompts = [f"Customer record {i}:" for i in range(6)]
+    _assert_fewer_steps_same_valid_outputs(engines, prompts, "radix xargs")
+
+
 def test_vllm_structured_outputs_also_jump_forward(engines: dict[bool, Any]) -> None:
     prompts = [f"Order {i}:" for i in range(4)]
-    steps_on, tokens_on, texts_on = _run(engines[True], prompts, VLLM_PARAMS)
-    steps_off, tokens_off, _ = _run(engines[False], prompts, VLLM_PARAMS)
-    assert tokens_on == tokens_off
-    for text in texts_on:
-        jsonschema.validate(json.loads(text), SCHEMA)
-    print(f"vLLM structured outputs, engine steps: on {steps_on}, off {steps_off}")
-    assert steps_on < 0.75 * steps_off
+    _assert_fewer_steps_same_valid_outputs(engines, prompts, "vLLM structured outputs", VLLM_PARAMS)
 
 
 def test_requests_without_grammar_are_untouched(engines: dict[bool, Any]) -> None:

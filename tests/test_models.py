@@ -57,9 +57,9 @@ def test_two_builds_are_byte_identical(tiny_dir: Path, fresh_cache: Path) -> Non
     assert _file_digests(again) == _file_digests(tiny_dir)
 
 
-def test_cache_is_reused_without_rebuilding(
-    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the models actually built (the real builder still runs)."""
     calls: list[str] = []
     real_build = models.build_model
 
@@ -68,6 +68,11 @@ def test_cache_is_reused_without_rebuilding(
         real_build(recipe, out_dir)
 
     monkeypatch.setattr(models, "build_model", counting_build)
+    return calls
+
+
+def test_cache_is_reused_without_rebuilding(fresh_cache: Path, build_calls: list[str]) -> None:
+    calls = build_calls
     first = get_model_path("tiny")
     before = _file_digests(first), first.stat().st_mtime_ns
     assert get_model_path("tiny") == first
@@ -77,15 +82,8 @@ def test_cache_is_reused_without_rebuilding(
     assert leftovers == []
 
 
-def test_concurrent_builders_build_once(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real_build = models.build_model
-
-    def counting_build(recipe: models.ModelRecipe, out_dir: Path) -> None:
-        calls.append(recipe.name)
-        real_build(recipe, out_dir)
-
-    monkeypatch.setattr(models, "build_model", counting_build)
+def test_concurrent_builders_build_once(fresh_cache: Path, build_calls: list[str]) -> None:
+    calls = build_calls
     results: list[Path] = []
     threads = [
         threading.Thread(target=lambda: results.append(get_model_path("tiny"))) for _ in range(3)
