@@ -46,7 +46,7 @@ SCHEMA = {
 }
 DRAFTS = {
     "method": "custom_class",
-    "model": "radix_plugin.logits.jump_forward_drafts.NoDraftProposer",
+    "model": "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer",
     "num_speculative_tokens": 16,
 }
 XGRAMMAR = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -54,7 +54,7 @@ SIDES = {
     "vanilla_xgrammar": {"structured_outputs_config": XGRAMMAR},
     "plugin_masking": {
         "scheduler_cls": "radix_plugin.RadixScheduler",
-        "logits_processors": ["radix_plugin.logits.processor:RadixGrammarLogitsProcessor"],
+        "logits_processors": ["radix_plugin.worker.logits.processor:RadixGrammarLogitsProcessor"],
     },
     "plugin_jump_forward": {
         "scheduler_cls": "radix_plugin.RadixScheduler",
@@ -112,7 +112,7 @@ def run_once(llm: Any, side: str, requests: int) -> dict[str, float]:
     import xgrammar as xgr
     from vllm.v1.structured_output import StructuredOutputManager
 
-    from radix_plugin.logits.masking import BitmaskBuffer
+    from radix_plugin.worker.logits.masking import BitmaskBuffer
 
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler

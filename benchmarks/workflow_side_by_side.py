@@ -7,7 +7,7 @@ workflow eviction + host tier, and workflow eviction + host tier + prefetch, in 
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
 followed by a short step-specific context); the KV pool holds only part of the agents'
 prompts, so which prefixes survive between calls decides how much is recomputed. Requests of
-the plugin engines carry the Agent Step Graph hints (``radix_plugin.workflow``); vanilla vLLM
+the plugin engines carry the Agent Step Graph hints (``radix_plugin.core.workflow``); vanilla vLLM
 ignores them. Reported: mean end-to-end workflow latency, hit ratio (device + host), ratios
 to vanilla. Each engine runs in its own child process (vLLM keeps the worker's KV connector
 in a process global, so two connector engines cannot share a process); the sides run one
@@ -33,7 +33,7 @@ MAX_MODEL_LEN = 8192
 BLOCK = 32
 HOST_TIER = {
     "kv_connector": "RadixHostTierConnector",
-    "kv_connector_module_path": "radix_plugin.cache_manager.host_tier",
+    "kv_connector_module_path": "radix_plugin.host_tier",
     "kv_role": "kv_both",
 }
 SIDES = {
@@ -93,7 +93,7 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
     """Run ``workflows`` workflows, ``concurrency`` at a time; each calls every agent once."""
     from vllm import SamplingParams
 
-    from radix_plugin.workflow import AgentStepGraph
+    from radix_plugin.core.workflow import AgentStepGraph
 
     agents = [f"agent{i}" for i in range(len(prompts))]
     graph = AgentStepGraph.from_steps(agents, loop=True)

@@ -55,7 +55,7 @@ def _child(mode: str, out_dir: str, dtypes: list[str]) -> None:
     """Run one engine per dtype and print greedy tokens and kernel statistics as JSON lines."""
     stats: dict[str, int] = {}
     if mode == "triton":
-        import radix_plugin.attention.backend as backend
+        import radix_plugin.worker.attention.backend as backend
 
         real = backend.prefix_attention
 
@@ -84,7 +84,7 @@ def _child(mode: str, out_dir: str, dtypes: list[str]) -> None:
     # call: the random-weight tiny model's greedy tokens alone barely depend on attention.
     records: list[torch.Tensor] = []
     if mode == "triton":
-        from radix_plugin.attention.backend import RadixTritonAttentionImpl as impl_cls
+        from radix_plugin.worker.attention.backend import RadixTritonAttentionImpl as impl_cls
     else:
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl as impl_cls
     original_forward = impl_cls.forward
@@ -184,7 +184,10 @@ def test_triton_backend_matches_cpu_attn_greedy_tokens(
     triton = engine_runs["triton"][dtype]
 
     assert "cpu_attn.CPUAttentionBackend" in baseline["cpu_attn_path"]
-    assert triton["cpu_attn_path"] == "radix_plugin.attention.backend.RadixTritonAttentionBackend"
+    assert (
+        triton["cpu_attn_path"]
+        == "radix_plugin.worker.attention.backend.RadixTritonAttentionBackend"
+    )
     stats = triton["stats"]
     # The Triton kernels really ran, on every batch shape this test is meant to cover.
     assert stats["calls"] > 0 and stats["decode_only"] > 0, stats

@@ -13,8 +13,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RadixScheduler": "radix_plugin.cache_manager.scheduler",
-    "RadixAsyncScheduler": "radix_plugin.cache_manager.scheduler",
+    "RadixScheduler": "radix_plugin.engine_core.scheduler",
+    "RadixAsyncScheduler": "radix_plugin.engine_core.scheduler",
 }
 
 

@@ -17,6 +17,6 @@ def register() -> None:
         return
     _registered = True
 
-    from radix_plugin.attention.registration import register_attention_backends
+    from radix_plugin.worker.attention.registration import register_attention_backends
 
     register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env

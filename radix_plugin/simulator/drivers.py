@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from radix_plugin.cache_manager.policies.base import EvictionPolicy
-from radix_plugin.cache_manager.radix_tree import RadixNode, RadixTree
+from radix_plugin.core.policies.base import EvictionPolicy
+from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 
 class CacheDriver(Protocol):

@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from radix_plugin.cache_manager.policies.builtin import BeladyPolicy
-from radix_plugin.cache_manager.policies.registry import make_eviction_policy
-from radix_plugin.cache_manager.policies.workflow import WorkflowPolicy, tag_agent
-from radix_plugin.cache_manager.radix_tree import RadixNode
+from radix_plugin.core.policies.builtin import BeladyPolicy
+from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
+from radix_plugin.core.radix_tree import RadixNode
+from radix_plugin.core.registry import make_eviction_policy
+from radix_plugin.core.workflow import AgentStepGraph, WorkflowTracker
 from radix_plugin.simulator.drivers import CacheDriver, RadixDriver, VllmDriver
 from radix_plugin.simulator.tokens import TokenSynthesizer
 from radix_plugin.simulator.trace import TraceRequest
-from radix_plugin.workflow import AgentStepGraph, WorkflowTracker
 
 
 @dataclass(frozen=True, slots=True)

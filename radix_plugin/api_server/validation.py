@@ -1,0 +1,31 @@
+"""Admission checks for the plugin's per-request ``vllm_xargs``, run in the API server.
+
+vLLM calls a logits processor's ``validate_params`` for every request before it reaches the
+engine and turns the exception into HTTP 400, so malformed ``radix_*`` keys never get to the
+engine core.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from radix_plugin.core.grammar_spec import GrammarSpecError, parse_grammar_spec
+from radix_plugin.core.hints import parse_hints
+from radix_plugin.grammar.builder import build_grammar
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+
+def validate_radix_xargs(sampling_params: SamplingParams) -> None:
+    """Raise (``HintError`` / ``GrammarSpecError``, both ``ValueError``) naming the bad key."""
+    parse_hints(sampling_params.extra_args)
+    spec = parse_grammar_spec(sampling_params.extra_args)
+    if spec is None:
+        return
+    if sampling_params.structured_outputs is not None:
+        raise GrammarSpecError(
+            f"{spec.kind.value} cannot be combined with vLLM's structured_outputs / "
+            "response_format in the same request; use one of them"
+        )
+    build_grammar(spec)

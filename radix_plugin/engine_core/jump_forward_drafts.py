@@ -1,0 +1,125 @@
+"""Scheduler-side glue for jump-forward as speculative drafts (vLLM 0.32, V1 runner).
+
+Why drafts: the V1 worker keeps its own copy of every request's tokens and never reads tokens
+the scheduler appends (`CachedRequestData.new_token_ids` is only filled under pipeline
+parallelism), so "append the forced text and re-prefill" needs worker changes. Drafts are
+already plumbed end to end: `request.spec_token_ids` -> `scheduled_spec_decode_tokens` -> one
+forward pass over all of them -> the rejection sampler keeps the prefix the model agrees with.
+Outputs stay exactly those of ordinary decoding; only the number of steps drops.
+
+What an engine needs for this route:
+
+* `--speculative-config '{"method": "custom_class", "model":
+  "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer", "num_speculative_tokens": K}'`
+  turns the draft machinery on without a draft model (this proposer never proposes).
+* The scheduler overrides `update_draft_token_ids` (called after every step, once grammars
+  have accepted the step's tokens) to put `forced_draft_tokens(...)` into
+  `request.spec_token_ids`.
+* With speculative decoding on, vLLM refuses custom logits processors, so per-request grammars
+  must be enforced scheduler-side by vLLM's `StructuredOutputManager` (whose bitmask also
+  covers every draft position). `attach_xargs_grammar` converts the `radix_*` xargs into a
+  vLLM structured-output request; call it from the scheduler's `add_request`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from radix_plugin.compat import (
+    grammar_constrains_next_token,
+    hold_until_grammar_compiled,
+    mark_xgrammar_backend,
+)
+from radix_plugin.core.grammar_spec import GrammarSpecError, has_grammar_keys, parse_grammar_spec
+from radix_plugin.grammar.builder import build_grammar
+from radix_plugin.grammar.jump_forward import find_forced_tokens, prefix_token_ids
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.request import Request
+    from vllm.v1.structured_output import StructuredOutputManager
+
+logger = logging.getLogger(__name__)
+
+
+class NoDraftProposer:
+    """A `custom_class` proposer that proposes nothing: every draft comes from the grammar."""
+
+    def __init__(self, vllm_config: VllmConfig) -> None:
+        self.vllm_config = vllm_config
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        """No draft model to load (the CPU runner calls this on every drafter)."""
+
+    def propose(
+        self, sampled_token_ids: list[list[int]], *args: Any, **kwargs: Any
+    ) -> list[list[int]]:
+        """One empty draft per request in the batch."""
+        return [[] for _ in sampled_token_ids]
+
+
+def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> bool:
+    """Give a request carrying `radix_*` xargs a vLLM structured-output grammar.
+
+    Call before `Scheduler.add_request`. Returns True when a grammar was attached
+    (compilation starts asynchronously, and vLLM's scheduler holds the request until it is
+    ready). Requests that already use vLLM's own
+    `structured_outputs`, or carry no grammar keys, are left alone. The grammar is the same
+    strict EBNF the logits processor uses, so JSON strings still exclude raw control
+    characters. Malformed keys (only possible if admission validation was bypassed) are
+    logged and ignored rather than raised, because this runs inside the engine core.
+    """
+    params = request.sampling_params
+    if params is None or request.structured_output_request is not None:
+        return False
+    if not has_grammar_keys(params.extra_args):
+        return False
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.v1.structured_output.request import StructuredOutputRequest
+
+    try:
+        spec = parse_grammar_spec(params.extra_args)
+        assert spec is not None
+        ebnf = str(build_grammar(spec))
+    except GrammarSpecError as exc:
+        logger.error("request %s: ignoring radix grammar: %s", request.request_id, exc)
+        return False
+    structured = StructuredOutputsParams(grammar=ebnf)
+    mark_xgrammar_backend(structured)
+    params.structured_outputs = structured
+    request.structured_output_request = StructuredOutputRequest(params=structured)
+    hold_until_grammar_compiled(request)
+    manager.grammar_init(request)
+    return True
+
+
+def forced_draft_tokens(
+    request: Request, manager: StructuredOutputManager, max_tokens: int
+) -> list[int]:
+    """Tokens the request's grammar forces next, ready for `request.spec_token_ids`.
+
+    Empty unless the request uses an xgrammar grammar that is compiled, active (not still
+    inside a reasoning section) and not terminated. Append-only: the committed output is never
+    rewritten, so a boundary that would fuse canonically is kept as the model produced it.
+    """
+    structured = request.structured_output_request
+    if structured is None or max_tokens <= 0 or not structured.is_grammar_ready:
+        return []
+    grammar = structured.grammar
+    matcher = getattr(grammar, "matcher", None)
+    if matcher is None or grammar.is_terminated():
+        return []
+    if not grammar_constrains_next_token(request, manager):
+        return []
+    tokenizer = manager.tokenizer
+    if tokenizer is None:
+        return []
+    forced = find_forced_tokens(
+        matcher,
+        tokenizer,
+        request.output_token_ids,
+        max_tokens=max_tokens,
+        prefix_tokens=prefix_token_ids(tokenizer),
+    )
+    return manager.validate_tokens(request, list(forced.token_ids)) if forced else []

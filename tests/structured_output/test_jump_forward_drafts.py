@@ -1,0 +1,91 @@
+"""Scheduler-side jump-forward glue against vLLM's real Request and StructuredOutputManager."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from grammar_test_utils import STOP_IDS
+from vllm import SamplingParams
+from vllm.sampling_params import StructuredOutputsParams
+from vllm.v1.request import Request, RequestStatus
+from vllm.v1.structured_output import StructuredOutputManager
+
+from radix_plugin.engine_core.jump_forward_drafts import (
+    NoDraftProposer,
+    attach_xargs_grammar,
+    forced_draft_tokens,
+)
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"status": {"enum": ["approved", "rejected"]}, "n": {"type": "integer"}},
+    "required": ["status", "n"],
+}
+
+
+@pytest.fixture
+def manager(vllm_config: Any) -> StructuredOutputManager:
+    return StructuredOutputManager(vllm_config)
+
+
+def _request(**params: Any) -> Request:
+    sampling = SamplingParams(max_tokens=64, stop_token_ids=list(STOP_IDS), **params)
+    return Request("r", [1, 50, 60], sampling, None)
+
+
+def _ready(request: Request) -> None:
+    structured = request.structured_output_request
+    assert structured is not None
+    deadline = time.monotonic() + 30
+    while not structured.is_grammar_ready:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_proposer_never_proposes(vllm_config: Any) -> None:
+    proposer = NoDraftProposer(vllm_config)
+    proposer.load_model(object())
+    assert proposer.propose([[1], [2, 3]], None, None, slot_mappings=None) == [[], []]
+
+
+def test_xargs_become_a_scheduler_side_grammar_with_forced_drafts(
+    manager: StructuredOutputManager, tokenizer: Any
+) -> None:
+    request = _request(extra_args={"radix_json_schema": json.dumps(SCHEMA)})
+    assert attach_xargs_grammar(request, manager)
+    assert request.status == RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+    _ready(request)
+    drafts = forced_draft_tokens(request, manager, max_tokens=16)
+    assert tokenizer.decode(drafts) == '{"status'  # '":"' may merge with the value: held back
+    assert forced_draft_tokens(request, manager, max_tokens=1) == drafts[:1]
+    # Drafts never move the grammar: asking twice gives the same answer.
+    assert forced_draft_tokens(request, manager, max_tokens=16) == drafts
+
+
+def test_drafts_follow_committed_output(manager: StructuredOutputManager, tokenizer: Any) -> None:
+    request = _request(extra_args={"radix_json_schema": json.dumps(SCHEMA)})
+    attach_xargs_grammar(request, manager)
+    _ready(request)
+    committed = tokenizer.encode('{"status":"app', add_special_tokens=False)
+    request.append_output_token_ids(committed)
+    assert manager.accept_tokens(request, committed)
+    text = tokenizer.decode(forced_draft_tokens(request, manager, max_tokens=16))
+    # The enum is decided after "app": the rest of the value and the next key are forced
+    # (the trailing '":' is held back as a prefix of longer tokens).
+    assert text == 'roved","n'
+
+
+def test_requests_that_must_not_be_touched(manager: StructuredOutputManager) -> None:
+    plain = _request()
+    assert not attach_xargs_grammar(plain, manager)
+    assert forced_draft_tokens(plain, manager, max_tokens=8) == []
+    own = _request(structured_outputs=StructuredOutputsParams(regex="[a-z]+"))
+    before = own.structured_output_request
+    assert not attach_xargs_grammar(own, manager)
+    assert own.structured_output_request is before
+    malformed = _request(extra_args={"radix_regex": ""})
+    assert not attach_xargs_grammar(malformed, manager)
+    assert malformed.structured_output_request is None
