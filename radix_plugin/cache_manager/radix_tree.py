@@ -34,6 +34,8 @@ class RadixNode:
     ``lock_count`` counts running requests whose prefix passes through this node (locked nodes
     are never evicted); ``pin_count`` counts explicit pins (same protection, separate budget).
     ``metadata`` is free room for tier and workflow information kept by other components.
+    ``detached`` marks a node :meth:`RadixTree.remove_subtree` dropped: holders may still
+    reference it, and their later release or unpin must change nothing.
     """
 
     pages: list[Page]
@@ -49,6 +51,7 @@ class RadixNode:
     priority: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     heap_version: int = 0
+    detached: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -322,6 +325,8 @@ class RadixTree:
         The release time counts as the last use, as in vLLM, whose free queue orders cached
         blocks by when their last user finished.
         """
+        if node.detached:
+            return  # its locks ended when it was removed
         now = self.tick()
         for n in node.path_to_root():
             if n.lock_count <= 0:
@@ -344,7 +349,11 @@ class RadixTree:
         node.lock_count += 1
 
     def release(self, node: RadixNode) -> None:
-        """Undo one :meth:`hold`; the release time counts as the last use (O(log L))."""
+        """Undo one :meth:`hold`; the release time counts as the last use (O(log L)).
+
+        A no-op on a node :meth:`remove_subtree` dropped (its holds ended there)."""
+        if node.detached:
+            return
         if node.lock_count <= 0:
             raise RuntimeError("release() without a matching hold()")
         node.lock_count -= 1
@@ -358,9 +367,17 @@ class RadixTree:
 
         For invalidation from outside (a connector evicting a block by id): descendants of a
         dropped prefix can never be matched again, so they leave the index too. The caller
-        decides what happens to their blocks. O(size of the subtree).
+        decides what happens to their blocks. Dropped nodes end up ``detached`` with no locks
+        or pins: later :meth:`release`, :meth:`unlock` or :meth:`unpin` calls by their holders
+        are no-ops. Pins made inside the subtree also cover its ancestors (a pin holds the
+        whole path), so they are taken off the surviving path here. Path locks (:meth:`lock`)
+        through the subtree stay on the surviving ancestors; invalidation is meant for
+        per-node holds (:meth:`hold`), as the vLLM block pool uses. O(size of the subtree + D).
         """
-        assert node.parent is not None, "cannot remove a root"
+        assert node.parent is not None and not node.detached, "cannot remove a root"
+        parent = node.parent
+        if node.pin_count:
+            self._drop_pins(parent, node.pin_count)
         dropped = [node]
         stack = list(node.children.values())
         while stack:
@@ -375,12 +392,23 @@ class RadixTree:
                 self._protected_blocks -= n.num_blocks
             if n.pin_count:
                 self._pinned_blocks -= n.num_blocks
-        parent = node.parent
+            n.lock_count = n.pin_count = 0
+            n.detached = True
         del parent.children[node.pages[0]]
         node.parent = None
         if parent.parent is not None:
             self._rekey(parent)
         return dropped
+
+    def _drop_pins(self, node: RadixNode, count: int) -> None:
+        """Take ``count`` pins off the path ending at ``node`` (O(D))."""
+        for n in node.path_to_root():
+            n.pin_count -= count
+            if n.pin_count == 0:
+                self._pinned_blocks -= n.num_blocks
+                if not n.is_protected:
+                    self._protected_blocks -= n.num_blocks
+                    self._rekey(n)
 
     def pin(self, node: RadixNode) -> None:
         """Keep the prefix ending at ``node`` cached until :meth:`unpin` (O(D)).
@@ -404,7 +432,9 @@ class RadixTree:
             n.pin_count += 1
 
     def unpin(self, node: RadixNode) -> None:
-        """Release a :meth:`pin` (O(D))."""
+        """Release a :meth:`pin` (O(D)); a no-op on a node :meth:`remove_subtree` dropped."""
+        if node.detached:
+            return
         for n in node.path_to_root():
             if n.pin_count <= 0:
                 raise RuntimeError("unpin() without a matching pin()")

@@ -353,15 +353,16 @@ class RadixBlockPool(BlockPool):
 
     def _drop_subtree(self, node: RadixNode) -> None:
         """A prefix was invalidated from outside: it and its continuations leave the index;
-        their free blocks stay free, in the uncached tier."""
+        their free blocks stay free, in the uncached tier. Blocks in use (and duplicates
+        of dropped blocks) leave the maps too, so their release finds nothing to undo."""
         still_free = []
         for dropped in self.tree.remove_subtree(node):
-            block_id = dropped.blocks[0]
-            del self._node_of[block_id]
-            if not dropped.is_protected:
-                still_free.append(self.blocks[block_id])
+            block = self.blocks[dropped.blocks[0]]
+            del self._node_of[block.block_id]
+            if block.ref_cnt == 0:
+                still_free.append(block)
         for alias, target in list(self._alias_of.items()):
-            if target.parent is None:
+            if target.detached:
                 del self._alias_of[alias]
         self.free_block_queue.move_plain_blocks_from(still_free)  # type: ignore[attr-defined]
 
