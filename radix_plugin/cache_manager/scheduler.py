@@ -26,7 +26,7 @@ from radix_plugin.cache_manager.scheduling import make_scheduling_policy
 from radix_plugin.cache_manager.vllm_block_pool import RadixBlockPool
 from radix_plugin.cache_manager.vllm_patches import install_lookup_patch, radix_block_pool
 from radix_plugin.config import RadixConfigError, RadixPluginConfig
-from radix_plugin.hints import HintError, RequestHints, parse_hints
+from radix_plugin.hints import RequestHintsMap
 from radix_plugin.logits.jump_forward_drafts import (
     NoDraftProposer,
     attach_xargs_grammar,
@@ -66,7 +66,9 @@ class RadixSchedulerMixin:
             super().__init__(vllm_config, *args, **kwargs)  # type: ignore[call-arg]
         pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
         self.radix_pool = pool if isinstance(pool, RadixBlockPool) else None
+        self._radix_hints = RequestHintsMap()
         if self.radix_pool is not None:
+            self.radix_pool.request_hints = self._radix_hints
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
         self._radix_tracker = WorkflowTracker()
@@ -172,7 +174,7 @@ class RadixSchedulerMixin:
     # --- workflow hints ------------------------------------------------------------------
 
     def add_request(self, request: Any) -> None:
-        hints = _hints(request)
+        hints = self._radix_hints.add(request)
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
@@ -215,7 +217,7 @@ class RadixSchedulerMixin:
         assert pool is not None
         for new in scheduler_output.scheduled_new_reqs:
             request = self.requests.get(new.req_id)  # type: ignore[attr-defined]
-            agent = _hints(request).agent if request is not None else None
+            agent = self._radix_hints.get(request).agent if request is not None else None
             if agent is None:
                 continue
             n_prompt = request.num_prompt_tokens // self.block_size  # type: ignore[attr-defined]
@@ -250,7 +252,9 @@ class RadixSchedulerMixin:
         assert pool is not None
         for rid in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(rid)  # type: ignore[attr-defined]
-            if request is None or rid in self._radix_pins or not _wants_pin(request):
+            if request is None or rid in self._radix_pins:
+                continue
+            if not self._radix_hints.get(request).pin:
                 continue
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
@@ -273,6 +277,12 @@ class RadixSchedulerMixin:
                 logger.warning("radix_pin for request %s ignored: %s", rid, exc)
                 continue
             self._radix_pins[rid] = node
+
+    def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """vLLM's hook for every finished request (done or aborted): drop its hints."""
+        result = super()._free_request(request, *args, **kwargs)  # type: ignore[misc]
+        self._radix_hints.drop(request.request_id)
+        return result
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
@@ -321,20 +331,6 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
-
-
-def _hints(request: Any) -> RequestHints:
-    """The request's cache hints; malformed ones (normally rejected with HTTP 400 by the API
-    server) are ignored here rather than failing the engine."""
-    try:
-        return parse_hints(getattr(request.sampling_params, "extra_args", None))
-    except HintError as exc:
-        logger.warning("ignoring cache hints of request %s: %s", request.request_id, exc)
-        return RequestHints()
-
-
-def _wants_pin(request: Any) -> bool:
-    return _hints(request).pin
 
 
 class RadixSyncScheduler(RadixSchedulerMixin, Scheduler):

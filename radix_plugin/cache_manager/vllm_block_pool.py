@@ -30,7 +30,7 @@ from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.cache_manager.radix_tree import RadixNode, RadixTree
-from radix_plugin.hints import HintError, parse_hints
+from radix_plugin.hints import RequestHintsMap
 
 if TYPE_CHECKING:
     from vllm.v1.request import Request
@@ -147,6 +147,8 @@ class RadixBlockPool(BlockPool):
         self._alias_of: dict[int, RadixNode] = {}
         self._evicting = False
         self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
+        # The radix scheduler shares its own map, filled when requests are added.
+        self.request_hints = RequestHintsMap()
         still_free = [b for b in self.blocks if not b.is_null]
         self.free_block_queue = RadixFreeQueue(self, still_free)  # type: ignore[assignment]
 
@@ -220,7 +222,7 @@ class RadixBlockPool(BlockPool):
         new_blocks = blocks[num_cached_blocks:num_full_blocks]
         ids = [b.block_id for b in new_blocks]
         already, _ = self.tree.insert(
-            pages, ids, parent=parent, priority=_request_priority(request)
+            pages, ids, parent=parent, priority=self.request_hints.get(request).priority
         )
         node = parent if parent is not None else self.tree.root()
         for i, block in enumerate(new_blocks):
@@ -383,11 +385,3 @@ class RadixBlockPool(BlockPool):
 
     def node_of_block(self, block_id: int) -> RadixNode | None:
         return self._node_of.get(block_id) or self._alias_of.get(block_id)
-
-
-def _request_priority(request: Request) -> int:
-    """``radix_priority`` from ``vllm_xargs`` (validated in the API server); higher = keep."""
-    try:
-        return parse_hints(getattr(request.sampling_params, "extra_args", None)).priority
-    except HintError:
-        return 0

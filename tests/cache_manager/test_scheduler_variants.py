@@ -15,6 +15,7 @@ from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
@@ -158,3 +159,51 @@ def test_workflow_hints_reach_the_eviction_policy_and_tag_cached_prefixes() -> N
     # Another workflow reports the coder due now: the merged view takes the minimum.
     scheduler.add_request(make_request("c1", [9] * 40, graph.hints("wf2", 1, "coder")))
     assert policy.steps_of("coder") == 0
+
+
+def run_steps(scheduler: RadixScheduler, max_steps: int = 40) -> int:
+    """Drive ``schedule -> update_from_output`` as the engine core does, with a model that
+    samples token 7 for every request whose prompt is computed; returns the steps taken."""
+    for step in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return step
+        out = scheduler.schedule()
+        req_ids = list(out.num_scheduled_tokens)
+        sampled = []
+        for rid in req_ids:
+            request = scheduler.requests[rid]
+            prefilling = request.num_computed_tokens < request.num_prompt_tokens
+            sampled.append([] if prefilling else [7])
+        runner_output = ModelRunnerOutput(
+            req_ids=req_ids,
+            req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
+            sampled_token_ids=sampled,
+        )
+        scheduler.update_from_output(out, runner_output)
+    raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def test_hints_are_parsed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from radix_plugin.workflow import AgentStepGraph, graph
+
+    scheduler = build(async_scheduling=False, radix={"eviction": "workflow"})
+    steps = AgentStepGraph.from_steps(["planner", "coder"], loop=True)
+    hints = {**steps.hints("wf", 0, "planner"), "radix_pin": True, "radix_priority": 2}
+    decoded: list[str] = []
+
+    def loads(raw: str) -> object:
+        decoded.append(raw)
+        return json.loads(raw)
+
+    monkeypatch.setattr(
+        graph, "json", SimpleNamespace(loads=loads, JSONDecodeError=json.JSONDecodeError)
+    )
+    scheduler.max_num_scheduled_tokens = 48  # chunked prefills: several steps each
+    for rid in ("a", "b"):
+        scheduler.add_request(make_request(rid, [*range(100), ord(rid)], hints))
+    assert run_steps(scheduler) > 4
+    assert len(decoded) == 2  # radix_steps decoded once per request, not once per step
+    assert len(scheduler._radix_hints) == 0  # dropped as the requests finished
