@@ -21,7 +21,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from radix_plugin.cache_manager.policies.registry import make_eviction_policy
 from radix_plugin.cache_manager.policies.workflow import WorkflowPolicy, tag_agent
-from radix_plugin.cache_manager.radix_tree import PinBudgetExceeded, RadixNode
+from radix_plugin.cache_manager.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.cache_manager.scheduling import make_scheduling_policy
 from radix_plugin.cache_manager.vllm_block_pool import RadixBlockPool
 from radix_plugin.cache_manager.vllm_patches import install_lookup_patch, radix_block_pool
@@ -80,7 +80,8 @@ class RadixSchedulerMixin:
         self._radix_workflow = policy if has_pool and isinstance(policy, WorkflowPolicy) else None
         self._radix_wait_steps: dict[str, int] = {}
         self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
-        self._radix_pins: OrderedDict[str, RadixNode] = OrderedDict()
+        self._radix_pins = PinTable(self.radix_pool.tree) if self.radix_pool else None
+        self._radix_pin_pending: set[str] = set()
         logger.info(
             "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
             config.eviction,
@@ -174,7 +175,10 @@ class RadixSchedulerMixin:
     # --- workflow hints ------------------------------------------------------------------
 
     def add_request(self, request: Any) -> None:
-        hints = self._radix_hints.add(request)
+        new = request.request_id not in self.requests  # type: ignore[attr-defined]
+        hints = self._radix_hints.add(request)  # a streaming session keeps its first hints
+        if new and hints.pin and self._radix_pins is not None:
+            self._radix_pin_pending.add(request.request_id)
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
@@ -247,48 +251,106 @@ class RadixSchedulerMixin:
         return result
 
     def _radix_apply_pins(self, scheduler_output: Any) -> None:
-        """Pin the cached prompt prefix of ``radix_pin`` requests once it is computed."""
-        pool = self.radix_pool
-        assert pool is not None
-        for rid in scheduler_output.num_scheduled_tokens:
-            request = self.requests.get(rid)  # type: ignore[attr-defined]
-            if request is None or rid in self._radix_pins:
-                continue
-            if not self._radix_hints.get(request).pin:
-                continue
+        """Pin the cached prompt prefix of each ``radix_pin`` request once it is computed."""
+        pool, pins = self.radix_pool, self._radix_pins
+        assert pool is not None and pins is not None
+        for rid in [
+            r for r in scheduler_output.num_scheduled_tokens if r in self._radix_pin_pending
+        ]:
+            request = self.requests[rid]  # type: ignore[attr-defined]
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
+            self._radix_pin_pending.discard(rid)
             prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
             n_blocks, node = pool.cached_prefix_node(prompt_hashes)
             if n_blocks == 0:
                 continue
             try:
-                while True:
-                    try:
-                        pool.pin_prefix(node)
-                        break
-                    except PinBudgetExceeded:
-                        if not self._radix_pins:
-                            raise
-                        _, oldest = self._radix_pins.popitem(last=False)
-                        if oldest.parent is not None:
-                            pool.unpin_prefix(oldest)
+                pins.pin(node)
             except PinBudgetExceeded as exc:
                 logger.warning("radix_pin for request %s ignored: %s", rid, exc)
-                continue
-            self._radix_pins[rid] = node
 
     def _free_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         """vLLM's hook for every finished request (done or aborted): drop its hints."""
         result = super()._free_request(request, *args, **kwargs)  # type: ignore[misc]
         self._radix_hints.drop(request.request_id)
+        self._radix_pin_pending.discard(request.request_id)
         return result
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
-        if ok:
-            self._radix_pins.clear()
+        if ok and self._radix_pins is not None:
+            self._radix_pins.clear()  # the pool's reset dropped every pin in the tree
         return ok
+
+
+class PinTable:
+    """Explicit pins (``radix_pin``): one tree pin per distinct node, counted by pinners.
+
+    A node pinned by k requests is pinned once in the tree, so it counts once against the
+    tree's pin budget, and stays pinned until unpinned k times. When a new pin does not fit
+    the budget, the least recently pinned nodes lose their pins first. The table never holds
+    more than the distinct pinned nodes (each at least one block, so at most the budget).
+    """
+
+    def __init__(self, tree: RadixTree) -> None:
+        self._tree = tree
+        self._count: OrderedDict[RadixNode, int] = OrderedDict()  # least recently pinned first
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def count(self, node: RadixNode) -> int:
+        """How many pinners hold ``node``."""
+        return self._count.get(node, 0)
+
+    @property
+    def pinned_blocks(self) -> int:
+        """Blocks pinned in the tree (by this table and by the eviction policy): the number
+        the pin budget bounds."""
+        return self._tree.stats().pinned_blocks
+
+    def pin(self, node: RadixNode) -> None:
+        """Pin the prefix ending at ``node`` once more; raises ``PinBudgetExceeded`` if it
+        cannot fit even after unpinning older pins (which are then dropped)."""
+        self._forget_detached()
+        if node in self._count:
+            self._count[node] += 1
+            self._count.move_to_end(node)
+            return
+        budget = self._tree.max_pinned_blocks
+        if budget is not None and node.depth_in_blocks() > budget:
+            raise PinBudgetExceeded(
+                f"a {node.depth_in_blocks()}-block prefix can never fit the pin budget of "
+                f"{budget} blocks"
+            )
+        while True:
+            try:
+                self._tree.pin(node)
+                break
+            except PinBudgetExceeded:
+                if not self._count:
+                    raise
+                oldest, _ = self._count.popitem(last=False)
+                self._tree.unpin(oldest)
+        self._count[node] = 1
+
+    def unpin(self, node: RadixNode) -> None:
+        """Drop one pinner of ``node``; the last one unpins it in the tree."""
+        left = self._count.pop(node) - 1
+        if left:
+            self._count[node] = left
+        else:
+            self._tree.unpin(node)
+
+    def clear(self) -> None:
+        """Forget every pin; for after the tree dropped them all (a prefix-cache reset)."""
+        self._count.clear()
+
+    def _forget_detached(self) -> None:
+        """Drop nodes an invalidation removed from the tree (their pins ended there)."""
+        for node in [n for n in self._count if n.detached]:
+            del self._count[node]
 
 
 class DraftCaps:

@@ -207,3 +207,24 @@ def test_hints_are_parsed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> N
     assert run_steps(scheduler) > 4
     assert len(decoded) == 2  # radix_steps decoded once per request, not once per step
     assert len(scheduler._radix_hints) == 0  # dropped as the requests finished
+
+
+def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
+    scheduler = build(async_scheduling=False)
+    pool = scheduler.kv_cache_manager.block_pool
+    pool.tree.max_pinned_blocks = 4
+    shared = list(range(64))  # 2 blocks
+    for i in range(5):  # five requests pin the same prefix
+        scheduler.add_request(make_request(f"same{i}", [*shared, 100 + i], {"radix_pin": True}))
+    run_steps(scheduler)
+    assert len(scheduler._radix_pins) == 1  # one entry per pinned node, not per request
+    assert pool.tree.stats().pinned_blocks == 2
+    for i in range(4):  # distinct 2-block prefixes: the budget keeps the two newest
+        prompt = [*range(1000 * (i + 1), 1000 * (i + 1) + 64), 1]
+        scheduler.add_request(make_request(f"other{i}", prompt, {"radix_pin": True}))
+        run_steps(scheduler)
+    assert len(scheduler._radix_pins) == 2
+    assert pool.tree.stats().pinned_blocks == 4
+    assert scheduler.reset_prefix_cache()
+    assert len(scheduler._radix_pins) == 0
+    assert pool.tree.stats().pinned_blocks == 0
