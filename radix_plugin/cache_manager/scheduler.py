@@ -5,8 +5,8 @@ scheduler with a ``RadixBlockPool`` (see ``vllm_patches``), reorders the waiting
 each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
 another request is prefilling right now, and applies ``radix_pin`` hints.
 
-``RadixScheduler`` picks the async variant by itself when vLLM runs with async scheduling (the
-GPU default), so users pass one class name everywhere.
+``RadixScheduler`` (or a user's subclass) builds its async variant by itself when vLLM runs
+with async scheduling (the GPU default), so users pass one class name everywhere.
 """
 
 from __future__ import annotations
@@ -395,24 +395,45 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-class RadixSyncScheduler(RadixSchedulerMixin, Scheduler):
-    """The plugin on vLLM's synchronous scheduler (CPU, or ``--no-async-scheduling``)."""
+class RadixScheduler(RadixSchedulerMixin, Scheduler):
+    """The class users name (and subclass): the plugin on vLLM's scheduler.
 
+    With async scheduling on (the GPU default), constructing it, or a subclass of it, builds
+    that class's async variant (:func:`async_variant`), a subclass that also derives from
+    vLLM's ``AsyncScheduler``; so ``isinstance(x, cls)`` holds either way.
+    """
 
-class RadixAsyncScheduler(RadixSchedulerMixin, AsyncScheduler):
-    """The plugin on vLLM's async scheduler (the GPU default)."""
-
-
-class RadixScheduler(RadixSyncScheduler):
-    """The class users name; becomes ``RadixAsyncScheduler`` when async scheduling is on."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, *args: Any, **kwargs: Any) -> RadixScheduler:
         vllm_config = kwargs.get("vllm_config", args[0] if args else None)
-        if cls is RadixScheduler and _async_scheduling(vllm_config):
-            instance = object.__new__(RadixAsyncScheduler)
-            instance.__init__(*args, **kwargs)
-            return instance
+        if not issubclass(cls, AsyncScheduler) and _async_scheduling(vllm_config):
+            cls = async_variant(cls)
         return super().__new__(cls)
+
+
+class RadixAsyncScheduler(RadixScheduler, AsyncScheduler):
+    """The plugin on vLLM's async scheduler: what ``RadixScheduler`` builds when async
+    scheduling is on."""
+
+
+_ASYNC_VARIANTS: dict[type[RadixScheduler], type[RadixScheduler]] = {
+    RadixScheduler: RadixAsyncScheduler
+}
+
+
+def async_variant(cls: type[RadixScheduler]) -> type[RadixScheduler]:
+    """``cls`` on vLLM's ``AsyncScheduler``, built on first use and cached per class.
+
+    Its MRO runs through ``cls`` and the plugin before ``AsyncScheduler`` and ``Scheduler``,
+    so a user's overrides and the plugin's wrap vLLM's async scheduling."""
+    variant = _ASYNC_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(
+            f"{cls.__name__}Async",
+            (cls, AsyncScheduler),
+            {"__module__": cls.__module__, "__doc__": f"{cls.__qualname__} on AsyncScheduler."},
+        )
+        _ASYNC_VARIANTS[cls] = variant
+    return variant
 
 
 def _async_scheduling(vllm_config: Any) -> bool:

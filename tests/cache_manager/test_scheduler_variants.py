@@ -27,7 +27,7 @@ from radix_plugin.testing.models import get_model_path
 BLOCKS = 64
 
 
-def build(async_scheduling: bool, radix: dict | None = None):
+def build(async_scheduling: bool, radix: dict | None = None, cls: type = RadixScheduler):
     configure_cpu_env()
     config = EngineArgs(
         model=str(get_model_path("tiny")),
@@ -46,7 +46,7 @@ def build(async_scheduling: bool, radix: dict | None = None):
         kv_cache_tensors=[],
         kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)],
     )
-    return RadixScheduler(
+    return cls(
         vllm_config=config,
         kv_cache_config=kv,
         structured_output_manager=StructuredOutputManager(config),
@@ -228,3 +228,41 @@ def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
     assert scheduler.reset_prefix_cache()
     assert len(scheduler._radix_pins) == 0
     assert pool.tree.stats().pinned_blocks == 0
+
+
+class MyScheduler(RadixScheduler):
+    """A user subclass, as ``--scheduler-cls mypkg.MyScheduler`` would name it."""
+
+    def schedule(self, *args: object, **kwargs: object) -> object:
+        self.steps_seen = getattr(self, "steps_seen", 0) + 1
+        return super().schedule(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [RadixScheduler, MyScheduler])
+def test_async_variant_is_an_instance_of_the_class_named(cls: type) -> None:
+    sync, asynchronous = build(False, cls=cls), build(True, cls=cls)
+    assert type(sync) is cls and not isinstance(sync, AsyncScheduler)
+    assert isinstance(asynchronous, cls) and isinstance(asynchronous, RadixScheduler)
+    assert isinstance(asynchronous, AsyncScheduler)
+    assert type(build(True, cls=cls)) is type(asynchronous)  # built once per class, cached
+    if cls is RadixScheduler:
+        assert type(asynchronous) is RadixAsyncScheduler
+
+
+@pytest.mark.parametrize("cls", [RadixScheduler, MyScheduler])
+def test_async_variant_runs_requests_to_completion(cls: type) -> None:
+    scheduler = build(True, cls=cls)
+    assert isinstance(scheduler, AsyncScheduler)
+    scheduler.max_num_scheduled_tokens = 64  # chunked prefill over several steps
+    shared = list(range(96))
+    for i in range(3):
+        scheduler.add_request(make_request(f"r{i}", [*shared, 200 + i, 201, 202]))
+    steps = run_steps(scheduler)
+    assert steps > 3 and not scheduler.requests
+    pool = scheduler.kv_cache_manager.block_pool
+    stats = pool.tree.stats()
+    assert stats.cached_blocks >= 3 and stats.protected_blocks == 0
+    assert stats.hit_blocks >= 3  # later requests reused the shared prefix
+    assert pool.get_num_free_blocks() == BLOCKS - 1
+    if cls is MyScheduler:
+        assert scheduler.steps_seen == steps
