@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
 Page = Hashable
 """One page's key: the tuple of its ``block_size`` token ids, or any hashable that identifies
-the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare.
-Not a plain ``int``: a sequence of ints is read as token ids."""
+the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare."""
 
 
 @dataclass(eq=False, slots=True)
@@ -122,6 +121,10 @@ class RadixTree:
     ``max_pinned_blocks`` bounds how much of the pool explicit pins may hold, so that pins can
     never starve running requests. ``path_compression=False`` keeps one node per block, which
     the vLLM glue uses so that a node's protection mirrors one block's reference count.
+    ``token_ids`` says what :meth:`match_prefix` and :meth:`insert` take: token ids, cut into
+    pages of ``block_size`` here, or (the default) page keys, e.g. from :meth:`pages_of` or
+    vLLM's block hashes. Fixed per tree, never guessed from the elements' type (NumPy and
+    torch integers are not ``int``).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class RadixTree:
         policy: EvictionPolicy | None = None,
         max_pinned_blocks: int | None = None,
         path_compression: bool = True,
+        token_ids: bool = False,
     ) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -141,6 +145,7 @@ class RadixTree:
         self.policy = policy
         self.max_pinned_blocks = max_pinned_blocks
         self.path_compression = path_compression
+        self.token_ids = token_ids
         self._clock = 0
         self._seq = itertools.count()
         self._policy_version = policy.version
@@ -197,7 +202,7 @@ class RadixTree:
         split: bool = True,
         max_blocks: int | None = None,
     ) -> MatchResult:
-        """Longest cached prefix of ``tokens`` (token ids, or pages from :meth:`pages_of`).
+        """Longest cached prefix of ``tokens`` (token ids or pages, per ``token_ids``).
 
         With ``touch`` the matched nodes count as used (recency and hit count). With ``split``
         a match ending inside a node splits it so that ``last_node`` covers exactly the match,
@@ -556,9 +561,9 @@ class RadixTree:
     # ------------------------------------------------------------------ internals
 
     def _as_pages(self, tokens: Sequence[int] | Sequence[Page]) -> list[Page]:
-        if tokens and not isinstance(tokens[0], int):
-            return list(tokens)  # type: ignore[arg-type]
-        return self.pages_of(tokens)  # type: ignore[arg-type]
+        if self.token_ids:
+            return self.pages_of(tokens)  # type: ignore[arg-type]
+        return list(tokens)
 
     def _descend(
         self, node: RadixNode, pages: Sequence[Page], i: int, split: bool

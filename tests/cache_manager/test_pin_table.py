@@ -15,7 +15,7 @@ SEQUENCES = [[1, 2, 3, 4], [1, 2, 7], [9, 8], [9, 8, 7, 6, 5, 4], [3]]
 
 def tree_with_nodes() -> tuple[RadixTree, list[RadixNode]]:
     """One node per block, as the vLLM pool builds it; returns every node."""
-    tree = RadixTree(1, max_pinned_blocks=BUDGET, path_compression=False)
+    tree = RadixTree(1, max_pinned_blocks=BUDGET, path_compression=False, token_ids=True)
     blocks = iter(range(1000))
     for seq in SEQUENCES:
         tree.insert(seq, [next(blocks) for _ in seq])

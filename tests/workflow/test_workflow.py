@@ -63,7 +63,7 @@ def test_tracker_takes_the_minimum_over_workflows_and_forgets_finished_ones() ->
 def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
     policy = make_eviction_policy("workflow")
     assert isinstance(policy, WorkflowPolicy)
-    tree = RadixTree(block_size=1, policy=policy)
+    tree = RadixTree(block_size=1, policy=policy, token_ids=True)
     for agent, tokens, blocks in (("soon", [1, 2], [10, 11]), ("late", [5, 6], [20, 21])):
         _, node = tree.insert(tokens, blocks)
         tree.touch(node)  # reused once: an agent prompt, not a one-off tail
@@ -81,7 +81,7 @@ def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
 
 def test_shared_prefix_is_protected_by_its_nearest_agent() -> None:
     policy = make_eviction_policy("workflow")
-    tree = RadixTree(block_size=1, policy=policy)
+    tree = RadixTree(block_size=1, policy=policy, token_ids=True)
     _, a = tree.insert([1, 2, 3], [10, 11, 12])
     _, b = tree.insert([1, 2, 4], [10, 11, 13])
     for node, agent in ((a, "a"), (b, "b")):
