@@ -41,11 +41,22 @@ def test_hints_are_flat_vllm_xargs() -> None:
         (lambda: parse_steps_hint("{not json"), "not JSON"),
         (lambda: parse_steps_hint(json.dumps({"a": -1})), "non-negative integers"),
         (lambda: parse_steps_hint([1, 2]), "must be an object"),
+        (lambda: parse_steps_hint({"a": 0, "b": True}), r"radix_steps\['b'\].*True"),
+        (lambda: parse_steps_hint('{"a": false}'), r"radix_steps\['a'\].*False"),
+        (lambda: AgentStepGraph.from_steps(["a", "b"]).hints("w", 2, "a"), "outside"),
+        (lambda: AgentStepGraph.from_steps(["a", "b"]).hints("w", -1, "b"), "outside"),
+        (lambda: AgentStepGraph.from_steps(["a"], loop=True).hints("w", -1, "a"), "negative"),
     ],
 )
 def test_bad_workflow_input_is_named(call, message: str) -> None:
     with pytest.raises(WorkflowHintError, match=message):
         call()
+
+
+def test_loop_graphs_count_steps_across_rounds() -> None:
+    looping = AgentStepGraph.from_steps(["plan", "act"], loop=True)
+    assert looping.hints("w", 5, "act") == looping.hints("w", 1, "act")
+    assert looping.steps_to_execution(4) == {"plan": 0, "act": 1}
 
 
 def test_tracker_takes_the_minimum_over_workflows_and_forgets_finished_ones() -> None:
