@@ -145,7 +145,6 @@ class RadixBlockPool(BlockPool):
         )
         self._node_of: dict[int, RadixNode] = {}
         self._alias_of: dict[int, RadixNode] = {}
-        self._evicting = False
         self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
         # The radix scheduler shares its own map, filled when requests are added.
         self.request_hints = RequestHintsMap()
@@ -274,11 +273,7 @@ class RadixBlockPool(BlockPool):
 
     def evict_cached(self, n: int) -> list[KVCacheBlock]:
         """Take ``n`` cached free blocks out of the tree, leaf-first in policy order."""
-        self._evicting = True
-        try:
-            ids = self.tree.evict(n)
-        finally:
-            self._evicting = False
+        ids = self.tree.evict(n)
         for block_id in ids:
             del self._node_of[block_id]
         evicted = [self.blocks[b] for b in ids]
@@ -349,7 +344,7 @@ class RadixBlockPool(BlockPool):
 
     def _remove_cached_block_hashes(self, block: KVCacheBlock) -> list[Any]:
         node = self._node_of.get(block.block_id)
-        if node is not None and not self._evicting:
+        if node is not None:
             self._drop_subtree(node)
         return super()._remove_cached_block_hashes(block)
 

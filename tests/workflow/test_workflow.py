@@ -59,16 +59,15 @@ def test_loop_graphs_count_steps_across_rounds() -> None:
     assert looping.steps_to_execution(4) == {"plan": 0, "act": 1}
 
 
-def test_tracker_takes_the_minimum_over_workflows_and_forgets_finished_ones() -> None:
+def test_tracker_takes_the_minimum_over_workflows_and_forgets_the_stalest() -> None:
     t = WorkflowTracker(max_workflows=2)
     t.update("w1", {"a": 3, "b": 0})
     t.update("w2", {"a": 1})
     assert t.agent_steps() == {"a": 1, "b": 0}
-    t.update("w2", {})  # done
+    t.update("w2", {"a": 4})  # the workflow moved on: its latest map replaces the old one
     assert t.agent_steps() == {"a": 3, "b": 0}
-    t.update("w3", {"c": 0})
-    t.update("w4", {"d": 0})  # over capacity: the stalest (w1) is forgotten
-    assert t.agent_steps() == {"c": 0, "d": 0}
+    t.update("w3", {"c": 0})  # over capacity: the stalest (w1) is forgotten
+    assert t.agent_steps() == {"a": 4, "c": 0}
 
 
 def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
