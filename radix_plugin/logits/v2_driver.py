@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radix_plugin.logits.masking import BitmaskBuffer
+from radix_plugin.logits.masking import BitmaskBuffer, cuda_event
 from radix_plugin.logits.request_rows import row_for_request
 from radix_plugin.logits.row_state import GrammarRow, RowStatus
 
@@ -49,7 +49,9 @@ class V2GrammarDriver:
         self._rows: dict[int, GrammarRow] = {}
         # Committed output tokens per slot, mirrored on the host as the rows consume them.
         self._outputs: dict[int, list[int]] = {}
-        self._bitmask = BitmaskBuffer(service.vocab_size, pin_memory=pin_memory)
+        self._bitmask = BitmaskBuffer(
+            service.vocab_size, pin_memory=pin_memory, new_event=cuda_event if pin_memory else None
+        )
 
     @property
     def rows(self) -> dict[int, GrammarRow]:
