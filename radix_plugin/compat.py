@@ -12,6 +12,8 @@ where they are; what vLLM does not expose is reached only through this module:
   (``install_lookup_patch``; process-wide, installed once).
 - ``BlockPool._remove_cached_block_hashes`` / ``_insert_block_hash`` and the duck-typed
   ``free_block_queue`` (``BlockPoolSeam``).
+- ``Scheduler._free_request``, the one place every finished or aborted request passes
+  (``SchedulerSeam.on_request_freed``).
 - ``KVConnectorBase_V1._get_connector_metadata`` (the step's metadata in the worker).
 - ``StructuredOutputsParams._backend``, ``Request.status`` and
   ``StructuredOutputManager._get_constraint_bounds`` (scheduler-side grammars for
@@ -133,6 +135,19 @@ class BlockPoolSeam(BlockPool):
         if missing or not hasattr(queue, "num_free_blocks"):
             raise TypeError(f"{type(queue).__name__} lacks free-queue methods {missing}")
         self.free_block_queue = queue
+
+
+class SchedulerSeam:
+    """Mixin for vLLM 0.32.0's ``Scheduler``: ``on_request_freed`` after vLLM's private
+    ``_free_request``, which every finished, aborted or stopped request goes through."""
+
+    def on_request_freed(self, request: Request) -> None:
+        """``request`` left the scheduler for good; default: nothing to do."""
+
+    def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
+        result = super()._free_request(request, *args, **kwargs)  # type: ignore[misc]
+        self.on_request_freed(request)
+        return result
 
 
 def install_lookup_patch(pool_cls: type) -> None:

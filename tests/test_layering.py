@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -136,6 +137,32 @@ def _vllm_private_names() -> frozenset[str]:
     return frozenset(n for n in names if n.startswith("_") and not n.startswith("__"))
 
 
+def _private_methods_of_vllm_bases(tree: ast.AST) -> frozenset[str]:
+    """Private methods of the vLLM classes this module subclasses (a mixin in the same
+    module would override them just the same)."""
+    imported = {
+        alias.asname or alias.name: (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vllm"
+        for alias in node.names
+    }
+    bases = {
+        base.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for base in node.bases
+        if isinstance(base, ast.Name) and base.id in imported
+    }
+    names: set[str] = set()
+    for base in bases:
+        module, name = imported[base]
+        cls = getattr(importlib.import_module(module), name)
+        for klass in getattr(cls, "__mro__", ()):
+            if klass.__module__.split(".")[0] == "vllm":
+                names.update(n for n in vars(klass) if n.startswith("_") and not n.startswith("__"))
+    return frozenset(names)
+
+
 @cache
 def _own_private_names() -> frozenset[str]:
     names: set[str] = set()
@@ -169,9 +196,17 @@ def test_only_compat_uses_vllm_private_names_or_patches(path: Path) -> None:
         return
     tree = ast.parse(path.read_text())
     foreign = _vllm_private_names() - _own_private_names()
+    vllm_methods = _private_methods_of_vllm_bases(tree)
     vllm_names = _vllm_bindings(tree)
     problems = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            problems += [
+                f"line {item.lineno}: overrides vLLM private method {item.name}"
+                for item in node.body
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and item.name in vllm_methods
+            ]
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vllm"):
             problems += [f"imports {a.name}" for a in node.names if a.name.startswith("_")]
         if isinstance(node, ast.Attribute) and node.attr in foreign:

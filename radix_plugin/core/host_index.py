@@ -73,9 +73,6 @@ class HostIndex:
             else:
                 del self._readers[slot]
 
-    def readers(self, slot: int) -> int:
-        return self._readers.get(slot, 0)
-
     def clear(self) -> int:
         """Forget every copy nobody reads; returns how many were dropped."""
         dropped = [h for h, s in self._slot_of.items() if s not in self._readers]

@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 Page = Hashable
 """One page's key: the tuple of its ``block_size`` token ids, or any hashable that identifies
-the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare.
-Not a plain ``int``: a sequence of ints is read as token ids."""
+the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare."""
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +35,8 @@ class RadixNode:
     ``lock_count`` counts running requests whose prefix passes through this node (locked nodes
     are never evicted); ``pin_count`` counts explicit pins (same protection, separate budget).
     ``metadata`` is free room for tier and workflow information kept by other components.
+    ``detached`` marks a node :meth:`RadixTree.remove_subtree` dropped: holders may still
+    reference it, and their later release or unpin must change nothing.
     """
 
     pages: list[Page]
@@ -51,6 +52,7 @@ class RadixNode:
     priority: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     heap_version: int = 0
+    detached: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -121,6 +123,10 @@ class RadixTree:
     ``max_pinned_blocks`` bounds how much of the pool explicit pins may hold, so that pins can
     never starve running requests. ``path_compression=False`` keeps one node per block, which
     the vLLM glue uses so that a node's protection mirrors one block's reference count.
+    ``token_ids`` says what :meth:`match_prefix` and :meth:`insert` take: token ids, cut into
+    pages of ``block_size`` here, or (the default) page keys, e.g. from :meth:`pages_of` or
+    vLLM's block hashes. Fixed per tree, never guessed from the elements' type (NumPy and
+    torch integers are not ``int``).
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class RadixTree:
         policy: EvictionPolicy | None = None,
         max_pinned_blocks: int | None = None,
         path_compression: bool = True,
+        token_ids: bool = False,
     ) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -138,6 +145,7 @@ class RadixTree:
         self.policy = policy
         self.max_pinned_blocks = max_pinned_blocks
         self.path_compression = path_compression
+        self.token_ids = token_ids
         self._clock = 0
         self._seq = itertools.count()
         self._policy_version = policy.version
@@ -194,7 +202,7 @@ class RadixTree:
         split: bool = True,
         max_blocks: int | None = None,
     ) -> MatchResult:
-        """Longest cached prefix of ``tokens`` (token ids, or pages from :meth:`pages_of`).
+        """Longest cached prefix of ``tokens`` (token ids or pages, per ``token_ids``).
 
         With ``touch`` the matched nodes count as used (recency and hit count). With ``split``
         a match ending inside a node splits it so that ``last_node`` covers exactly the match,
@@ -322,6 +330,8 @@ class RadixTree:
         The release time counts as the last use, as in vLLM, whose free queue orders cached
         blocks by when their last user finished.
         """
+        if node.detached:
+            return  # its locks ended when it was removed
         now = self.tick()
         for n in node.path_to_root():
             if n.lock_count <= 0:
@@ -344,7 +354,11 @@ class RadixTree:
         node.lock_count += 1
 
     def release(self, node: RadixNode) -> None:
-        """Undo one :meth:`hold`; the release time counts as the last use (O(log L))."""
+        """Undo one :meth:`hold`; the release time counts as the last use (O(log L)).
+
+        A no-op on a node :meth:`remove_subtree` dropped (its holds ended there)."""
+        if node.detached:
+            return
         if node.lock_count <= 0:
             raise RuntimeError("release() without a matching hold()")
         node.lock_count -= 1
@@ -358,9 +372,17 @@ class RadixTree:
 
         For invalidation from outside (a connector evicting a block by id): descendants of a
         dropped prefix can never be matched again, so they leave the index too. The caller
-        decides what happens to their blocks. O(size of the subtree).
+        decides what happens to their blocks. Dropped nodes end up ``detached`` with no locks
+        or pins: later :meth:`release`, :meth:`unlock` or :meth:`unpin` calls by their holders
+        are no-ops. Pins made inside the subtree also cover its ancestors (a pin holds the
+        whole path), so they are taken off the surviving path here. Path locks (:meth:`lock`)
+        through the subtree stay on the surviving ancestors; invalidation is meant for
+        per-node holds (:meth:`hold`), as the vLLM block pool uses. O(size of the subtree + D).
         """
-        assert node.parent is not None, "cannot remove a root"
+        assert node.parent is not None and not node.detached, "cannot remove a root"
+        parent = node.parent
+        if node.pin_count:
+            self._drop_pins(parent, node.pin_count)
         dropped = [node]
         stack = list(node.children.values())
         while stack:
@@ -375,12 +397,23 @@ class RadixTree:
                 self._protected_blocks -= n.num_blocks
             if n.pin_count:
                 self._pinned_blocks -= n.num_blocks
-        parent = node.parent
+            n.lock_count = n.pin_count = 0
+            n.detached = True
         del parent.children[node.pages[0]]
         node.parent = None
         if parent.parent is not None:
             self._rekey(parent)
         return dropped
+
+    def _drop_pins(self, node: RadixNode, count: int) -> None:
+        """Take ``count`` pins off the path ending at ``node`` (O(D))."""
+        for n in node.path_to_root():
+            n.pin_count -= count
+            if n.pin_count == 0:
+                self._pinned_blocks -= n.num_blocks
+                if not n.is_protected:
+                    self._protected_blocks -= n.num_blocks
+                    self._rekey(n)
 
     def pin(self, node: RadixNode) -> None:
         """Keep the prefix ending at ``node`` cached until :meth:`unpin` (O(D)).
@@ -404,7 +437,9 @@ class RadixTree:
             n.pin_count += 1
 
     def unpin(self, node: RadixNode) -> None:
-        """Release a :meth:`pin` (O(D))."""
+        """Release a :meth:`pin` (O(D)); a no-op on a node :meth:`remove_subtree` dropped."""
+        if node.detached:
+            return
         for n in node.path_to_root():
             if n.pin_count <= 0:
                 raise RuntimeError("unpin() without a matching pin()")
@@ -526,9 +561,9 @@ class RadixTree:
     # ------------------------------------------------------------------ internals
 
     def _as_pages(self, tokens: Sequence[int] | Sequence[Page]) -> list[Page]:
-        if tokens and not isinstance(tokens[0], int):
-            return list(tokens)  # type: ignore[arg-type]
-        return self.pages_of(tokens)  # type: ignore[arg-type]
+        if self.token_ids:
+            return self.pages_of(tokens)  # type: ignore[arg-type]
+        return list(tokens)
 
     def _descend(
         self, node: RadixNode, pages: Sequence[Page], i: int, split: bool

@@ -30,7 +30,7 @@ from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.compat import BlockPoolSeam
-from radix_plugin.core.hints import HintError, parse_hints
+from radix_plugin.core.hints import RequestHintsMap
 from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 if TYPE_CHECKING:
@@ -146,8 +146,9 @@ class RadixBlockPool(BlockPoolSeam):
         )
         self._node_of: dict[int, RadixNode] = {}
         self._alias_of: dict[int, RadixNode] = {}
-        self._evicting = False
         self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
+        # The radix scheduler shares its own map, filled when requests are added.
+        self.request_hints = RequestHintsMap()
         still_free = [b for b in self.blocks if not b.is_null]
         self.replace_free_queue(RadixFreeQueue(self, still_free))
 
@@ -221,7 +222,7 @@ class RadixBlockPool(BlockPoolSeam):
         new_blocks = blocks[num_cached_blocks:num_full_blocks]
         ids = [b.block_id for b in new_blocks]
         already, _ = self.tree.insert(
-            pages, ids, parent=parent, priority=_request_priority(request)
+            pages, ids, parent=parent, priority=self.request_hints.get(request).priority
         )
         node = parent if parent is not None else self.tree.root()
         for i, block in enumerate(new_blocks):
@@ -273,11 +274,7 @@ class RadixBlockPool(BlockPoolSeam):
 
     def evict_cached(self, n: int) -> list[KVCacheBlock]:
         """Take ``n`` cached free blocks out of the tree, leaf-first in policy order."""
-        self._evicting = True
-        try:
-            ids = self.tree.evict(n)
-        finally:
-            self._evicting = False
+        ids = self.tree.evict(n)
         for block_id in ids:
             del self._node_of[block_id]
         evicted = [self.blocks[b] for b in ids]
@@ -348,20 +345,21 @@ class RadixBlockPool(BlockPoolSeam):
 
     def on_cached_hash_removed(self, block: KVCacheBlock) -> None:
         node = self._node_of.get(block.block_id)
-        if node is not None and not self._evicting:
+        if node is not None:
             self._drop_subtree(node)
 
     def _drop_subtree(self, node: RadixNode) -> None:
         """A prefix was invalidated from outside: it and its continuations leave the index;
-        their free blocks stay free, in the uncached tier."""
+        their free blocks stay free, in the uncached tier. Blocks in use (and duplicates
+        of dropped blocks) leave the maps too, so their release finds nothing to undo."""
         still_free = []
         for dropped in self.tree.remove_subtree(node):
-            block_id = dropped.blocks[0]
-            del self._node_of[block_id]
-            if not dropped.is_protected:
-                still_free.append(self.blocks[block_id])
+            block = self.blocks[dropped.blocks[0]]
+            del self._node_of[block.block_id]
+            if block.ref_cnt == 0:
+                still_free.append(block)
         for alias, target in list(self._alias_of.items()):
-            if target.parent is None:
+            if target.detached:
                 del self._alias_of[alias]
         self.free_block_queue.move_plain_blocks_from(still_free)  # type: ignore[attr-defined]
 
@@ -382,11 +380,3 @@ class RadixBlockPool(BlockPoolSeam):
 
     def node_of_block(self, block_id: int) -> RadixNode | None:
         return self._node_of.get(block_id) or self._alias_of.get(block_id)
-
-
-def _request_priority(request: Request) -> int:
-    """``radix_priority`` from ``vllm_xargs`` (validated in the API server); higher = keep."""
-    try:
-        return parse_hints(getattr(request.sampling_params, "extra_args", None)).priority
-    except HintError:
-        return 0

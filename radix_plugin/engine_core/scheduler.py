@@ -5,8 +5,8 @@ scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``), reorders the 
 each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
 another request is prefilling right now, and applies ``radix_pin`` hints.
 
-``RadixScheduler`` picks the async variant by itself when vLLM runs with async scheduling (the
-GPU default), so users pass one class name everywhere.
+``RadixScheduler`` (or a user's subclass) builds its async variant by itself when vLLM runs
+with async scheduling (the GPU default), so users pass one class name everywhere.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from radix_plugin.compat import check_vllm_version, install_lookup_patch, radix_block_pool
+from radix_plugin.compat import (
+    SchedulerSeam,
+    check_vllm_version,
+    install_lookup_patch,
+    radix_block_pool,
+)
 from radix_plugin.core.config import RadixConfigError, RadixPluginConfig
-from radix_plugin.core.hints import HintError, RequestHints, parse_hints
+from radix_plugin.core.hints import RequestHintsMap
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
-from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode
+from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
 from radix_plugin.core.workflow.tracker import WorkflowTracker
 from radix_plugin.engine_core.block_pool import RadixBlockPool
@@ -39,7 +44,7 @@ NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__
 HOLD_BACK_WINDOW = 128
 
 
-class RadixSchedulerMixin:
+class RadixSchedulerMixin(SchedulerSeam):
     """The plugin's additions; mixed into vLLM's ``Scheduler`` and ``AsyncScheduler``."""
 
     radix_config: RadixPluginConfig
@@ -66,7 +71,9 @@ class RadixSchedulerMixin:
             super().__init__(vllm_config, *args, **kwargs)  # type: ignore[call-arg]
         pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
         self.radix_pool = pool if isinstance(pool, RadixBlockPool) else None
+        self._radix_hints = RequestHintsMap()
         if self.radix_pool is not None:
+            self.radix_pool.request_hints = self._radix_hints
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
         self._radix_tracker = WorkflowTracker()
@@ -78,7 +85,8 @@ class RadixSchedulerMixin:
         self._radix_workflow = policy if has_pool and isinstance(policy, WorkflowPolicy) else None
         self._radix_wait_steps: dict[str, int] = {}
         self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
-        self._radix_pins: OrderedDict[str, RadixNode] = OrderedDict()
+        self._radix_pins = PinTable(self.radix_pool.tree) if self.radix_pool else None
+        self._radix_pin_pending: set[str] = set()
         logger.info(
             "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
             config.eviction,
@@ -172,7 +180,10 @@ class RadixSchedulerMixin:
     # --- workflow hints ------------------------------------------------------------------
 
     def add_request(self, request: Any) -> None:
-        hints = _hints(request)
+        new = request.request_id not in self.requests  # type: ignore[attr-defined]
+        hints = self._radix_hints.add(request)  # a streaming session keeps its first hints
+        if new and hints.pin and self._radix_pins is not None:
+            self._radix_pin_pending.add(request.request_id)
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
@@ -215,7 +226,7 @@ class RadixSchedulerMixin:
         assert pool is not None
         for new in scheduler_output.scheduled_new_reqs:
             request = self.requests.get(new.req_id)  # type: ignore[attr-defined]
-            agent = _hints(request).agent if request is not None else None
+            agent = self._radix_hints.get(request).agent if request is not None else None
             if agent is None:
                 continue
             n_prompt = request.num_prompt_tokens // self.block_size  # type: ignore[attr-defined]
@@ -245,40 +256,104 @@ class RadixSchedulerMixin:
         return result
 
     def _radix_apply_pins(self, scheduler_output: Any) -> None:
-        """Pin the cached prompt prefix of ``radix_pin`` requests once it is computed."""
-        pool = self.radix_pool
-        assert pool is not None
-        for rid in scheduler_output.num_scheduled_tokens:
-            request = self.requests.get(rid)  # type: ignore[attr-defined]
-            if request is None or rid in self._radix_pins or not _wants_pin(request):
-                continue
+        """Pin the cached prompt prefix of each ``radix_pin`` request once it is computed."""
+        pool, pins = self.radix_pool, self._radix_pins
+        assert pool is not None and pins is not None
+        for rid in [
+            r for r in scheduler_output.num_scheduled_tokens if r in self._radix_pin_pending
+        ]:
+            request = self.requests[rid]  # type: ignore[attr-defined]
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
+            self._radix_pin_pending.discard(rid)
             prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
             n_blocks, node = pool.cached_prefix_node(prompt_hashes)
             if n_blocks == 0:
                 continue
             try:
-                while True:
-                    try:
-                        pool.pin_prefix(node)
-                        break
-                    except PinBudgetExceeded:
-                        if not self._radix_pins:
-                            raise
-                        _, oldest = self._radix_pins.popitem(last=False)
-                        if oldest.parent is not None:
-                            pool.unpin_prefix(oldest)
+                pins.pin(node)
             except PinBudgetExceeded as exc:
                 logger.warning("radix_pin for request %s ignored: %s", rid, exc)
-                continue
-            self._radix_pins[rid] = node
+
+    def on_request_freed(self, request: Any) -> None:
+        """Every finished request (done or aborted) drops its hints and pending pin."""
+        self._radix_hints.drop(request.request_id)
+        self._radix_pin_pending.discard(request.request_id)
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
-        if ok:
-            self._radix_pins.clear()
+        if ok and self._radix_pins is not None:
+            self._radix_pins.clear()  # the pool's reset dropped every pin in the tree
         return ok
+
+
+class PinTable:
+    """Explicit pins (``radix_pin``): one tree pin per distinct node, counted by pinners.
+
+    A node pinned by k requests is pinned once in the tree, so it counts once against the
+    tree's pin budget, and stays pinned until unpinned k times. When a new pin does not fit
+    the budget, the least recently pinned nodes lose their pins first. The table never holds
+    more than the distinct pinned nodes (each at least one block, so at most the budget).
+    """
+
+    def __init__(self, tree: RadixTree) -> None:
+        self._tree = tree
+        self._count: OrderedDict[RadixNode, int] = OrderedDict()  # least recently pinned first
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def count(self, node: RadixNode) -> int:
+        """How many pinners hold ``node``."""
+        return self._count.get(node, 0)
+
+    @property
+    def pinned_blocks(self) -> int:
+        """Blocks pinned in the tree (by this table and by the eviction policy): the number
+        the pin budget bounds."""
+        return self._tree.stats().pinned_blocks
+
+    def pin(self, node: RadixNode) -> None:
+        """Pin the prefix ending at ``node`` once more; raises ``PinBudgetExceeded`` if it
+        cannot fit even after unpinning older pins (which are then dropped)."""
+        self._forget_detached()
+        if node in self._count:
+            self._count[node] += 1
+            self._count.move_to_end(node)
+            return
+        budget = self._tree.max_pinned_blocks
+        if budget is not None and node.depth_in_blocks() > budget:
+            raise PinBudgetExceeded(
+                f"a {node.depth_in_blocks()}-block prefix can never fit the pin budget of "
+                f"{budget} blocks"
+            )
+        while True:
+            try:
+                self._tree.pin(node)
+                break
+            except PinBudgetExceeded:
+                if not self._count:
+                    raise
+                oldest, _ = self._count.popitem(last=False)
+                self._tree.unpin(oldest)
+        self._count[node] = 1
+
+    def unpin(self, node: RadixNode) -> None:
+        """Drop one pinner of ``node``; the last one unpins it in the tree."""
+        left = self._count.pop(node) - 1
+        if left:
+            self._count[node] = left
+        else:
+            self._tree.unpin(node)
+
+    def clear(self) -> None:
+        """Forget every pin; for after the tree dropped them all (a prefix-cache reset)."""
+        self._count.clear()
+
+    def _forget_detached(self) -> None:
+        """Drop nodes an invalidation removed from the tree (their pins ended there)."""
+        for node in [n for n in self._count if n.detached]:
+            del self._count[node]
 
 
 class DraftCaps:
@@ -323,38 +398,45 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _hints(request: Any) -> RequestHints:
-    """The request's cache hints; malformed ones (normally rejected with HTTP 400 by the API
-    server) are ignored here rather than failing the engine."""
-    try:
-        return parse_hints(getattr(request.sampling_params, "extra_args", None))
-    except HintError as exc:
-        logger.warning("ignoring cache hints of request %s: %s", request.request_id, exc)
-        return RequestHints()
+class RadixScheduler(RadixSchedulerMixin, Scheduler):
+    """The class users name (and subclass): the plugin on vLLM's scheduler.
 
+    With async scheduling on (the GPU default), constructing it, or a subclass of it, builds
+    that class's async variant (:func:`async_variant`), a subclass that also derives from
+    vLLM's ``AsyncScheduler``; so ``isinstance(x, cls)`` holds either way.
+    """
 
-def _wants_pin(request: Any) -> bool:
-    return _hints(request).pin
-
-
-class RadixSyncScheduler(RadixSchedulerMixin, Scheduler):
-    """The plugin on vLLM's synchronous scheduler (CPU, or ``--no-async-scheduling``)."""
-
-
-class RadixAsyncScheduler(RadixSchedulerMixin, AsyncScheduler):
-    """The plugin on vLLM's async scheduler (the GPU default)."""
-
-
-class RadixScheduler(RadixSyncScheduler):
-    """The class users name; becomes ``RadixAsyncScheduler`` when async scheduling is on."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, *args: Any, **kwargs: Any) -> RadixScheduler:
         vllm_config = kwargs.get("vllm_config", args[0] if args else None)
-        if cls is RadixScheduler and _async_scheduling(vllm_config):
-            instance = object.__new__(RadixAsyncScheduler)
-            instance.__init__(*args, **kwargs)
-            return instance
+        if not issubclass(cls, AsyncScheduler) and _async_scheduling(vllm_config):
+            cls = async_variant(cls)
         return super().__new__(cls)
+
+
+class RadixAsyncScheduler(RadixScheduler, AsyncScheduler):
+    """The plugin on vLLM's async scheduler: what ``RadixScheduler`` builds when async
+    scheduling is on."""
+
+
+_ASYNC_VARIANTS: dict[type[RadixScheduler], type[RadixScheduler]] = {
+    RadixScheduler: RadixAsyncScheduler
+}
+
+
+def async_variant(cls: type[RadixScheduler]) -> type[RadixScheduler]:
+    """``cls`` on vLLM's ``AsyncScheduler``, built on first use and cached per class.
+
+    Its MRO runs through ``cls`` and the plugin before ``AsyncScheduler`` and ``Scheduler``,
+    so a user's overrides and the plugin's wrap vLLM's async scheduling."""
+    variant = _ASYNC_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(
+            f"{cls.__name__}Async",
+            (cls, AsyncScheduler),
+            {"__module__": cls.__module__, "__doc__": f"{cls.__qualname__} on AsyncScheduler."},
+        )
+        _ASYNC_VARIANTS[cls] = variant
+    return variant
 
 
 def _async_scheduling(vllm_config: Any) -> bool:

@@ -180,15 +180,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _drop_prefix_trap(
-    token_ids: list[int], tokenizer: Any, prefix_tokens: frozenset[int] | None
-) -> list[int]:
-    if not token_ids:
-        return token_ids
-    traps = prefix_tokens if prefix_tokens is not None else prefix_token_ids(tokenizer)
-    return token_ids[:-1] if token_ids[-1] in traps else token_ids
-
-
 def _grammatical_prefix(
     matcher: xgr.GrammarMatcher, num_rollback: int, token_ids: list[int]
 ) -> list[int]:

@@ -5,7 +5,9 @@ starts in the backing allocation (``offset + l * layer_stride + b * block_stride
 how long it is (the spec's ``page_size_bytes``). Every layer's pages are viewed as a
 ``[num_blocks, page_bytes]`` byte tensor over the engine's own KV memory, whatever the
 attention backend's tensor shape, so one copy routine serves the CPU and GPU layouts.
-Host memory is one ``[num_slots, num_layers, page_bytes]`` byte tensor, pinned on GPU.
+Host memory is one ``[num_slots, num_layers, page_bytes]`` byte tensor, pinned on GPU, and
+every copy reads or writes its slots in place (a slot is contiguous), never through a
+pageable temporary, so ``non_blocking`` copies really are asynchronous.
 """
 
 from __future__ import annotations
@@ -82,20 +84,28 @@ class HostStore:
         )
 
     def save(self, block_ids: Sequence[int], slots: Sequence[int]) -> None:
-        """Copy device blocks into host slots, synchronously: the blocks are about to be
-        overwritten by this step's forward pass."""
+        """Copy device blocks into host slots, enqueued on the current (compute) stream ahead
+        of this step's forward pass, which overwrites the blocks.
+
+        One gather of every layer, then one copy per block straight into its pinned host slot:
+        no host synchronisation (a load that reads the slot later is ordered after this by
+        the compute-stream event it waits on)."""
         if not block_ids:
             return
         ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
-        dst = torch.tensor(slots, dtype=torch.long)
-        for layer, pages in enumerate(self.pages):
-            self.host[dst, layer] = pages.index_select(0, ids).cpu()
+        gathered = torch.stack([pages.index_select(0, ids) for pages in self.pages], dim=1)
+        for i, slot in enumerate(slots):
+            self.host[slot].copy_(gathered[i], non_blocking=True)
 
     def load(self, slots: Sequence[int], block_ids: Sequence[int]) -> None:
-        """Copy host slots into device blocks (called on a background thread on GPU inside
-        a side stream, which the caller synchronises)."""
-        src = torch.tensor(slots, dtype=torch.long)
+        """Copy host slots into device blocks, enqueued on the current stream (the caller's
+        side stream on GPU). Each slot is read straight from pinned memory, so the copies are
+        asynchronous; the slots stay reserved until the load is reported finished."""
         ids = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        chunk = torch.empty(
+            (len(slots), *self.host.shape[1:]), dtype=self.host.dtype, device=self.device
+        )
+        for i, slot in enumerate(slots):
+            chunk[i].copy_(self.host[slot], non_blocking=True)
         for layer, pages in enumerate(self.pages):
-            chunk = self.host[src, layer].to(self.device, non_blocking=True)
-            pages.index_copy_(0, ids, chunk)
+            pages.index_copy_(0, ids, chunk[:, layer])

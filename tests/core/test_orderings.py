@@ -26,7 +26,7 @@ def lookup_in(tree: RadixTree):
 
 @pytest.fixture
 def tree() -> RadixTree:
-    t = RadixTree(block_size=1)
+    t = RadixTree(block_size=1, token_ids=True)
     t.insert([1, 2, 3, 4], [10, 11, 12, 13])
     t.insert([1, 2, 7], [10, 11, 17])
     t.insert([5, 6], [20, 21])

@@ -28,7 +28,12 @@ def toks(*pages: int) -> list[int]:
 
 
 def make_tree(policy: str = "lru", max_pinned_blocks: int | None = None, **opts) -> RadixTree:
-    return RadixTree(BS, make_eviction_policy(policy, **opts), max_pinned_blocks=max_pinned_blocks)
+    return RadixTree(
+        BS,
+        make_eviction_policy(policy, **opts),
+        max_pinned_blocks=max_pinned_blocks,
+        token_ids=True,
+    )
 
 
 def node_shapes(tree: RadixTree) -> set[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -91,9 +96,9 @@ def test_partial_tail_page_and_in_page_divergence_do_not_match() -> None:
     assert tree.match_prefix([*toks(1, 2), 3]).blocks == [10, 11]
 
 
-def test_match_accepts_pages_as_well_as_tokens() -> None:
-    tree = make_tree()
-    tree.insert(toks(1, 2, 3), [10, 11, 12])
+def test_a_tree_of_pages_takes_the_pages_of_token_ids() -> None:
+    tree = RadixTree(BS)
+    tree.insert(tree.pages_of(toks(1, 2, 3)), [10, 11, 12])
     pages = tree.pages_of(toks(1, 2, 5))
     assert tree.match_prefix(pages).blocks == [10, 11]
 
@@ -157,13 +162,23 @@ def test_touch_counts_hits_on_the_whole_path() -> None:
     assert [n.hit_count for n in peek.last_node.path_to_root()] == [1, 2]
 
 
+def test_numpy_token_ids_are_tokens_not_pages() -> None:
+    """Token ids straight from a NumPy array (or torch ``tolist()`` of int64 elements taken
+    one by one) are token ids: a tree built for tokens never guesses from the element type."""
+    np = pytest.importorskip("numpy")
+    tree = make_tree()
+    tree.insert(list(np.array(toks(1, 2, 3), dtype=np.int64)), [10, 11, 12])
+    assert tree.match_prefix(toks(1, 2, 5)).blocks == [10, 11]
+    assert tree.match_prefix(np.array(toks(1, 2, 3), dtype=np.int32)).blocks == [10, 11, 12]
+
+
 def test_hit_ratio_is_zero_without_lookups() -> None:
     assert make_tree().stats().hit_ratio == 0.0
 
 
 def test_hashable_page_keys_other_than_token_tuples() -> None:
     """vLLM's chained block hashes (bytes) can be used as page keys directly."""
-    tree = make_tree()
+    tree = RadixTree(BS)
     tree.insert([b"h1", b"h2", b"h3"], [10, 11, 12])
     assert tree.match_prefix([b"h1", b"h2", b"hX"]).blocks == [10, 11]
 
@@ -406,7 +421,7 @@ def test_evict_is_leaf_first_and_parents_become_leaves() -> None:
     next_use = {10: math.inf, 12: 1.0, 30: 0.5}
     policy = make_eviction_policy("belady")
     policy.set_oracle(lambda node: next_use[node.blocks[0]])
-    tree = RadixTree(BS, policy)
+    tree = RadixTree(BS, policy, token_ids=True)
     tree.insert(toks(1, 2), [10, 11])
     tree.insert(toks(1, 2, 3), [10, 11, 12])
     tree.insert(toks(7), [30])
@@ -520,7 +535,7 @@ def test_belady_evicts_the_farthest_next_use_first() -> None:
     assert isinstance(policy, BeladyPolicy)
     next_use = {10: 5.0, 20: math.inf, 30: 1.0, 40: 9.0}
     policy.set_oracle(lambda node: next_use[node.blocks[0]])
-    tree = RadixTree(BS, policy)
+    tree = RadixTree(BS, policy, token_ids=True)
     for i in (1, 2, 3, 4):
         tree.insert(toks(i), [i * 10])
     assert tree.evict(2) == [20, 40]
@@ -531,7 +546,7 @@ def test_belady_evicts_the_farthest_next_use_first() -> None:
 
 
 def test_belady_without_an_oracle_refuses_to_rank() -> None:
-    tree = RadixTree(BS, make_eviction_policy("belady"))
+    tree = RadixTree(BS, make_eviction_policy("belady"), token_ids=True)
     with pytest.raises(RuntimeError, match="belady needs an oracle"):
         tree.insert(toks(1), [10])
 

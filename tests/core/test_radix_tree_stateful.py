@@ -103,14 +103,21 @@ class RadixMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ setup
 
-    @initialize(block_size=st.integers(1, 4), path_compression=st.booleans())
-    def setup(self, block_size: int, path_compression: bool) -> None:
+    @initialize(
+        block_size=st.integers(1, 4), path_compression=st.booleans(), token_ids=st.booleans()
+    )
+    def setup(self, block_size: int, path_compression: bool, token_ids: bool) -> None:
         """A fresh tree; ``path_compression=False`` (one node per block) is what the vLLM
-        block pool uses, so both shapes must keep every invariant."""
+        block pool uses, so both shapes must keep every invariant; a tree takes token ids or
+        pages, and every rule passes the tree's kind (:meth:`keys`)."""
         options: dict[str, Any] = {"min_hits": 2} if self.policy_name == "pinned" else {}
         policy = make_eviction_policy(self.policy_name, online=True, **options)
         self.tree = RadixTree(
-            block_size, policy, max_pinned_blocks=PIN_BUDGET, path_compression=path_compression
+            block_size,
+            policy,
+            max_pinned_blocks=PIN_BUDGET,
+            path_compression=path_compression,
+            token_ids=token_ids,
         )
         self.bs = block_size
         self.free: list[int] = list(range(POOL))
@@ -141,6 +148,10 @@ class RadixMachine(RuleBasedStateMachine):
     def t(self) -> RadixTree:
         assert self.tree is not None
         return self.tree
+
+    def keys(self, tokens: list[int]) -> list[Any]:
+        """What the tree takes for ``tokens``: the token ids, or their pages."""
+        return tokens if self.t.token_ids else self.pages(tokens)
 
     def pages(self, tokens: list[int]) -> list[tuple[int, ...]]:
         bs = self.bs
@@ -233,15 +244,14 @@ class RadixMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(ns=namespaces, q=queries, priority=st.integers(0, 2), as_pages=st.booleans())
-    def insert_fresh(self, ns: Hashable, q: Query, priority: int, as_pages: bool) -> None:
+    @rule(ns=namespaces, q=queries, priority=st.integers(0, 2))
+    def insert_fresh(self, ns: Hashable, q: Query, priority: int) -> None:
         """Insert with all-new block ids; the already-cached ones stay the caller's."""
         ns, tokens = self.query(ns, q, record=True)
         pages = self.pages(tokens)
         blocks = self.take_free(len(pages))
         expected_already = len(self.ref_match(ns, pages[: len(blocks)]))
-        query: list[Any] = pages if as_pages else tokens
-        already, node = self.t.insert(query, blocks, ns, priority=priority)
+        already, node = self.t.insert(self.keys(tokens), blocks, ns, priority=priority)
         assert already == expected_already
         if blocks:
             assert node_key(node) == (ns, tuple(pages[: len(blocks)]))
@@ -258,13 +268,13 @@ class RadixMachine(RuleBasedStateMachine):
         """The scheduler's protocol: match, lock, evict for room, insert, unlock."""
         ns, tokens = self.query(ns, q, record=True)
         pages = self.pages(tokens)
-        m = self.t.match_prefix(tokens, ns, touch=False, split=True)
+        m = self.t.match_prefix(self.keys(tokens), ns, touch=False, split=True)
         assert m.blocks == self.ref_match(ns, pages)
         self.t.lock(m.last_node)
         handle = Handle((ns, tuple(pages[: len(m.blocks)])), m.last_node)
         self.locks.append(handle)
         new = self.take_free(len(pages) - len(m.blocks))
-        already, node = self.t.insert(tokens, m.blocks + new, ns)
+        already, node = self.t.insert(self.keys(tokens), m.blocks + new, ns)
         assert already == len(m.blocks)
         assert self.path_blocks(node) == m.blocks + new
         for j in range(len(new)):
@@ -288,7 +298,9 @@ class RadixMachine(RuleBasedStateMachine):
         if max_blocks is not None:
             pages = pages[:max_blocks]
         nodes_before = self.t.stats().num_nodes
-        m = self.t.match_prefix(tokens, ns, touch=touch, split=split, max_blocks=max_blocks)
+        m = self.t.match_prefix(
+            self.keys(tokens), ns, touch=touch, split=split, max_blocks=max_blocks
+        )
         assert m.blocks == self.ref_match(ns, pages)
         if split:
             assert node_key(m.last_node) == (ns, tuple(pages[: len(m.blocks)]))
@@ -303,7 +315,7 @@ class RadixMachine(RuleBasedStateMachine):
     @rule(ns=namespaces, q=queries)
     def lock(self, ns: Hashable, q: Query) -> None:
         ns, tokens = self.query(ns, q)
-        m = self.t.match_prefix(tokens, ns, touch=False)
+        m = self.t.match_prefix(self.keys(tokens), ns, touch=False)
         if not m.blocks:
             return
         self.t.lock(m.last_node)
@@ -328,7 +340,7 @@ class RadixMachine(RuleBasedStateMachine):
     @rule(ns=namespaces, q=queries)
     def pin(self, ns: Hashable, q: Query) -> None:
         ns, tokens = self.query(ns, q)
-        m = self.t.match_prefix(tokens, ns, touch=False)
+        m = self.t.match_prefix(self.keys(tokens), ns, touch=False)
         if not m.blocks:
             return
         key = node_key(m.last_node)
@@ -354,7 +366,7 @@ class RadixMachine(RuleBasedStateMachine):
     def release_unlocked_raises(self, ns: Hashable, q: Query) -> None:
         """unlock/unpin of a node nobody locked/pinned raise and change nothing."""
         ns, tokens = self.query(ns, q)
-        m = self.t.match_prefix(tokens, ns, touch=False, split=False)
+        m = self.t.match_prefix(self.keys(tokens), ns, touch=False, split=False)
         node = m.last_node
         if node.is_root:
             return

@@ -147,7 +147,7 @@ def test_third_party_policy_is_found_by_name_and_drives_eviction(register: Any) 
     assert "test-mru" in eviction_policy_names(include_offline=False)
     policy = make_eviction_policy("test-mru", online=True, scale=2)
     assert isinstance(policy, NewestFirstPolicy) and policy.scale == 2
-    tree = RadixTree(1, policy)
+    tree = RadixTree(1, policy, token_ids=True)
     tree.insert([1], [10])
     tree.insert([2], [20])
     tree.insert([3], [30])

@@ -41,6 +41,11 @@ def test_hints_are_flat_vllm_xargs() -> None:
         (lambda: parse_steps_hint("{not json"), "not JSON"),
         (lambda: parse_steps_hint(json.dumps({"a": -1})), "non-negative integers"),
         (lambda: parse_steps_hint([1, 2]), "must be an object"),
+        (lambda: parse_steps_hint({"a": 0, "b": True}), r"radix_steps\['b'\].*True"),
+        (lambda: parse_steps_hint('{"a": false}'), r"radix_steps\['a'\].*False"),
+        (lambda: AgentStepGraph.from_steps(["a", "b"]).hints("w", 2, "a"), "outside"),
+        (lambda: AgentStepGraph.from_steps(["a", "b"]).hints("w", -1, "b"), "outside"),
+        (lambda: AgentStepGraph.from_steps(["a"], loop=True).hints("w", -1, "a"), "negative"),
     ],
 )
 def test_bad_workflow_input_is_named(call, message: str) -> None:
@@ -48,22 +53,27 @@ def test_bad_workflow_input_is_named(call, message: str) -> None:
         call()
 
 
-def test_tracker_takes_the_minimum_over_workflows_and_forgets_finished_ones() -> None:
+def test_loop_graphs_count_steps_across_rounds() -> None:
+    looping = AgentStepGraph.from_steps(["plan", "act"], loop=True)
+    assert looping.hints("w", 5, "act") == looping.hints("w", 1, "act")
+    assert looping.steps_to_execution(4) == {"plan": 0, "act": 1}
+
+
+def test_tracker_takes_the_minimum_over_workflows_and_forgets_the_stalest() -> None:
     t = WorkflowTracker(max_workflows=2)
     t.update("w1", {"a": 3, "b": 0})
     t.update("w2", {"a": 1})
     assert t.agent_steps() == {"a": 1, "b": 0}
-    t.update("w2", {})  # done
+    t.update("w2", {"a": 4})  # the workflow moved on: its latest map replaces the old one
     assert t.agent_steps() == {"a": 3, "b": 0}
-    t.update("w3", {"c": 0})
-    t.update("w4", {"d": 0})  # over capacity: the stalest (w1) is forgotten
-    assert t.agent_steps() == {"c": 0, "d": 0}
+    t.update("w3", {"c": 0})  # over capacity: the stalest (w1) is forgotten
+    assert t.agent_steps() == {"a": 4, "c": 0}
 
 
 def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
     policy = make_eviction_policy("workflow")
     assert isinstance(policy, WorkflowPolicy)
-    tree = RadixTree(block_size=1, policy=policy)
+    tree = RadixTree(block_size=1, policy=policy, token_ids=True)
     for agent, tokens, blocks in (("soon", [1, 2], [10, 11]), ("late", [5, 6], [20, 21])):
         _, node = tree.insert(tokens, blocks)
         tree.touch(node)  # reused once: an agent prompt, not a one-off tail
@@ -81,7 +91,7 @@ def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
 
 def test_shared_prefix_is_protected_by_its_nearest_agent() -> None:
     policy = make_eviction_policy("workflow")
-    tree = RadixTree(block_size=1, policy=policy)
+    tree = RadixTree(block_size=1, policy=policy, token_ids=True)
     _, a = tree.insert([1, 2, 3], [10, 11, 12])
     _, b = tree.insert([1, 2, 4], [10, 11, 13])
     for node, agent in ((a, "a"), (b, "b")):

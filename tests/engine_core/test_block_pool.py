@@ -248,3 +248,64 @@ def test_duplicate_released_after_the_original_leaves_nothing_uncounted() -> Non
     assert pool.get_num_free_blocks() == 11
     assert m.reset_prefix_cache()
     assert pool.get_num_free_blocks() == 11
+
+
+def assert_consistent(m: KVCacheManager) -> None:
+    """The tree's counters match what it holds, and every free block can be handed out."""
+    pool = pool_of(m)
+    stats = pool.tree.stats()
+    nodes = list(pool.tree.iter_nodes())
+    assert stats.protected_blocks == sum(n.num_blocks for n in nodes if n.is_protected)
+    assert stats.pinned_blocks == sum(n.num_blocks for n in nodes if n.pin_count)
+    free = pool.get_num_free_blocks()
+    taken = pool.get_new_blocks(free)  # raises if the count promised more than exists
+    assert len({b.block_id for b in taken}) == free
+    pool.free_blocks(taken)
+
+
+def test_invalidating_an_in_use_block_releases_cleanly() -> None:
+    # vLLM's evict_blocks only drops the hash of an in-use block; its release must not
+    # count the dropped nodes again (protected_blocks went to -1, then evict() KeyError'd).
+    m = make_manager(10)
+    r, _ = admit(m, list(range(16)))
+    block_ids = [b.block_id for b in m.get_blocks(r.request_id).blocks[0]]
+    m.evict_blocks({block_ids[1]})
+    m.free(r)
+    assert pool_of(m).tree.stats().protected_blocks == 0
+    assert pool_of(m).get_num_free_blocks() == 9
+    assert_consistent(m)
+
+
+def test_invalidating_a_block_whose_duplicate_is_in_use_releases_cleanly() -> None:
+    m = make_manager(12)
+    tokens = list(range(16))
+    first, _ = admit(m, tokens)
+    ids = [b.block_id for b in m.get_blocks(first.request_id).blocks[0]]
+    m.free(first)
+    dup_user, _ = admit(m, tokens)  # its last block duplicates ids[3] and holds that node
+    m.evict_blocks({ids[1]})  # drops ids[1..3]; the duplicate's node among them
+    m.free(dup_user)
+    stats = pool_of(m).tree.stats()
+    assert stats.protected_blocks == 0
+    assert stats.cached_blocks == 1
+    assert pool_of(m).get_num_free_blocks() == 11
+    assert_consistent(m)
+
+
+def test_invalidating_a_pinned_prefix_drops_its_pin_on_the_surviving_path() -> None:
+    m = make_manager(10)
+    pool = pool_of(m)
+    pool.tree.max_pinned_blocks = 8
+    r, _ = admit(m, list(range(16)))
+    ids = [b.block_id for b in m.get_blocks(r.request_id).blocks[0]]
+    _, node = pool.cached_prefix_node(r.block_hashes)
+    pool.pin_prefix(node)
+    m.evict_blocks({ids[2]})
+    m.free(r)
+    stats = pool.tree.stats()
+    assert stats.pinned_blocks == 0  # the pin ended at a dropped node: it is void
+    assert stats.protected_blocks == 0
+    pool.unpin_prefix(node)  # a holder letting go of a dropped pin changes nothing
+    assert pool.tree.stats().pinned_blocks == 0
+    assert pool.get_num_free_blocks() == 9
+    assert_consistent(m)

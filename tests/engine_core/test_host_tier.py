@@ -3,6 +3,11 @@ the scheduler side bound to vLLM's real KVCacheManager with the radix pool."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,12 +27,15 @@ from radix_plugin.engine_core.host_tier import (
     HostTierScheduler,
     HostTierSetupError,
 )
+from radix_plugin.host_tier.metadata import HostTierMetadata, LoadJob
+from radix_plugin.worker import host_tier as worker_side
 from radix_plugin.worker.host_store import (
     HostStore,
     HostTierLayoutError,
     block_bytes,
     page_views,
 )
+from radix_plugin.worker.host_tier import HostTierWorker
 
 # --- HostIndex ------------------------------------------------------------------------------
 
@@ -264,3 +272,94 @@ def test_prefetch_plans_due_agents_while_their_prompts_fit_and_adopts_loaded_blo
     _, hit, *_ = m.get_computed_blocks(request(prompts["x"]))
     assert hit == 6 * BS
     assert pool.get_num_free_blocks() == 12  # the prefetch's holds are all dropped
+
+
+# --- worker side: stream ordering of loads --------------------------------------------------
+
+
+class FakeEvent:
+    """A stream event the test completes by hand."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+
+class FakeStreams:
+    """Records every stream operation with the thread that issued it, in order."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, bool]] = []  # (operation, event, on the main thread)
+        self.events: list[FakeEvent] = []
+
+    def _note(self, op: str, event: FakeEvent | None = None) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.log.append((op, event.name if event else "", main))
+
+    def _event(self, name: str) -> FakeEvent:
+        self.events.append(FakeEvent(f"{name}{len(self.events)}"))
+        return self.events[-1]
+
+    def record_on_compute(self) -> FakeEvent:
+        event = self._event("compute")
+        self._note("record_on_compute", event)
+        return event
+
+    @contextlib.contextmanager
+    def on_side(self) -> Iterator[None]:
+        self._note("enter_side")
+        yield
+        self._note("exit_side")
+
+    def side_waits(self, event: FakeEvent) -> None:
+        self._note("side_waits", event)
+
+    def record_on_side(self) -> FakeEvent:
+        event = self._event("side")
+        self._note("record_on_side", event)
+        return event
+
+    def compute_waits(self, event: FakeEvent) -> None:
+        self._note("compute_waits", event)
+
+
+def test_a_load_waits_for_the_compute_stream_and_compute_waits_for_the_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    streams = FakeStreams()
+
+    class LoggingStore(HostStore):
+        def load(self, slots: Sequence[int], block_ids: Sequence[int]) -> None:
+            streams._note("copy")
+            super().load(slots, block_ids)
+
+    monkeypatch.setattr(worker_side, "HostStore", LoggingStore)
+    config = _config(num_blocks=6, layers=2, page=64, layer_outermost=True)
+    worker = HostTierWorker(config, num_slots=4, streams=streams)
+    caches = _caches(config, True)
+    worker.register_kv_caches(caches)
+    before = [p.clone() for p in worker.store.pages]
+    worker.save(HostTierMetadata(saves=[(1, 3), (4, 0)]))
+    worker.start_loads(HostTierMetadata(loads={"r1": LoadJob((3, 0), (2, 5))}))
+    deadline = time.monotonic() + 10
+    while not any(op == "exit_side" for op, _, _ in streams.log):
+        assert time.monotonic() < deadline, streams.log
+        time.sleep(0.01)
+    assert streams.log == [
+        ("record_on_compute", "compute0", True),  # on the thread driving the compute stream
+        ("enter_side", "", False),
+        ("side_waits", "compute0", False),  # before any copy is enqueued
+        ("copy", "", False),
+        ("record_on_side", "side1", False),
+        ("exit_side", "", False),
+    ]
+    assert worker.take_finished() == (set(), None)  # enqueued, not yet copied
+    streams.events[1].done = True
+    assert worker.take_finished() == ({"r1"}, None)
+    assert streams.log[-1] == ("compute_waits", "side1", True)  # before anything uses it
+    for layer, pages in enumerate(worker.store.pages):
+        assert torch.equal(pages[2], before[layer][1]) and torch.equal(pages[5], before[layer][4])
+    worker.shutdown()

@@ -15,6 +15,7 @@ from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
@@ -26,7 +27,7 @@ from radix_plugin.testing.models import get_model_path
 BLOCKS = 64
 
 
-def build(async_scheduling: bool, radix: dict | None = None):
+def build(async_scheduling: bool, radix: dict | None = None, cls: type = RadixScheduler):
     configure_cpu_env()
     config = EngineArgs(
         model=str(get_model_path("tiny")),
@@ -45,7 +46,7 @@ def build(async_scheduling: bool, radix: dict | None = None):
         kv_cache_tensors=[],
         kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)],
     )
-    return RadixScheduler(
+    return cls(
         vllm_config=config,
         kv_cache_config=kv,
         structured_output_manager=StructuredOutputManager(config),
@@ -158,3 +159,110 @@ def test_workflow_hints_reach_the_eviction_policy_and_tag_cached_prefixes() -> N
     # Another workflow reports the coder due now: the merged view takes the minimum.
     scheduler.add_request(make_request("c1", [9] * 40, graph.hints("wf2", 1, "coder")))
     assert policy.steps_of("coder") == 0
+
+
+def run_steps(scheduler: RadixScheduler, max_steps: int = 40) -> int:
+    """Drive ``schedule -> update_from_output`` as the engine core does, with a model that
+    samples token 7 for every request whose prompt is computed; returns the steps taken."""
+    for step in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return step
+        out = scheduler.schedule()
+        req_ids = list(out.num_scheduled_tokens)
+        sampled = []
+        for rid in req_ids:
+            request = scheduler.requests[rid]
+            prefilling = request.num_computed_tokens < request.num_prompt_tokens
+            sampled.append([] if prefilling else [7])
+        runner_output = ModelRunnerOutput(
+            req_ids=req_ids,
+            req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
+            sampled_token_ids=sampled,
+        )
+        scheduler.update_from_output(out, runner_output)
+    raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def test_hints_are_parsed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from radix_plugin.core.workflow import AgentStepGraph, graph
+
+    scheduler = build(async_scheduling=False, radix={"eviction": "workflow"})
+    steps = AgentStepGraph.from_steps(["planner", "coder"], loop=True)
+    hints = {**steps.hints("wf", 0, "planner"), "radix_pin": True, "radix_priority": 2}
+    decoded: list[str] = []
+
+    def loads(raw: str) -> object:
+        decoded.append(raw)
+        return json.loads(raw)
+
+    monkeypatch.setattr(
+        graph, "json", SimpleNamespace(loads=loads, JSONDecodeError=json.JSONDecodeError)
+    )
+    scheduler.max_num_scheduled_tokens = 48  # chunked prefills: several steps each
+    for rid in ("a", "b"):
+        scheduler.add_request(make_request(rid, [*range(100), ord(rid)], hints))
+    assert run_steps(scheduler) > 4
+    assert len(decoded) == 2  # radix_steps decoded once per request, not once per step
+    assert len(scheduler._radix_hints) == 0  # dropped as the requests finished
+
+
+def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
+    scheduler = build(async_scheduling=False)
+    pool = scheduler.kv_cache_manager.block_pool
+    pool.tree.max_pinned_blocks = 4
+    shared = list(range(64))  # 2 blocks
+    for i in range(5):  # five requests pin the same prefix
+        scheduler.add_request(make_request(f"same{i}", [*shared, 100 + i], {"radix_pin": True}))
+    run_steps(scheduler)
+    assert len(scheduler._radix_pins) == 1  # one entry per pinned node, not per request
+    assert pool.tree.stats().pinned_blocks == 2
+    for i in range(4):  # distinct 2-block prefixes: the budget keeps the two newest
+        prompt = [*range(1000 * (i + 1), 1000 * (i + 1) + 64), 1]
+        scheduler.add_request(make_request(f"other{i}", prompt, {"radix_pin": True}))
+        run_steps(scheduler)
+    assert len(scheduler._radix_pins) == 2
+    assert pool.tree.stats().pinned_blocks == 4
+    assert scheduler.reset_prefix_cache()
+    assert len(scheduler._radix_pins) == 0
+    assert pool.tree.stats().pinned_blocks == 0
+
+
+class MyScheduler(RadixScheduler):
+    """A user subclass, as ``--scheduler-cls mypkg.MyScheduler`` would name it."""
+
+    def schedule(self, *args: object, **kwargs: object) -> object:
+        self.steps_seen = getattr(self, "steps_seen", 0) + 1
+        return super().schedule(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [RadixScheduler, MyScheduler])
+def test_async_variant_is_an_instance_of_the_class_named(cls: type) -> None:
+    sync, asynchronous = build(False, cls=cls), build(True, cls=cls)
+    assert type(sync) is cls and not isinstance(sync, AsyncScheduler)
+    assert isinstance(asynchronous, cls) and isinstance(asynchronous, RadixScheduler)
+    assert isinstance(asynchronous, AsyncScheduler)
+    assert type(build(True, cls=cls)) is type(asynchronous)  # built once per class, cached
+    if cls is RadixScheduler:
+        assert type(asynchronous) is RadixAsyncScheduler
+
+
+@pytest.mark.parametrize("cls", [RadixScheduler, MyScheduler])
+def test_async_variant_runs_requests_to_completion(cls: type) -> None:
+    scheduler = build(True, cls=cls)
+    assert isinstance(scheduler, AsyncScheduler)
+    scheduler.max_num_scheduled_tokens = 64  # chunked prefill over several steps
+    shared = list(range(96))
+    for i in range(3):
+        scheduler.add_request(make_request(f"r{i}", [*shared, 200 + i, 201, 202]))
+    steps = run_steps(scheduler)
+    assert steps > 3 and not scheduler.requests
+    pool = scheduler.kv_cache_manager.block_pool
+    stats = pool.tree.stats()
+    assert stats.cached_blocks >= 3 and stats.protected_blocks == 0
+    assert stats.hit_blocks >= 3  # later requests reused the shared prefix
+    assert pool.get_num_free_blocks() == BLOCKS - 1
+    if cls is MyScheduler:
+        assert scheduler.steps_seen == steps

@@ -8,6 +8,8 @@ either, so the tests write committed tokens into `all_token_ids` directly, as it
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -74,14 +76,17 @@ class FakeRunner:
         self.rs.add_request(req_id, prompt_len, tokens, 0, params.max_tokens)
         slot = self.rs.req_id_to_index[req_id]
         self.rs.all_token_ids.gpu[slot, : len(tokens)] = torch.tensor(tokens)
+        self.rs.total_len.gpu[slot] = len(tokens)
         self.lengths[slot] = len(tokens)
         self.driver.add_request(slot, params)
         return slot
 
     def context(self, rows: list[tuple[int, int, int]]) -> Any:
-        """rows: (slot, position, input token) per logits row."""
+        """rows: (slot, position, input token) per logits row. A new step: like the runner,
+        let the processor see its staged-writes hook before the forward pass."""
         from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
 
+        self.driver.apply_staged_writes()
         slots = [slot for slot, _, _ in rows]
         unique = list(dict.fromkeys(slots))
         local = [slots[:i].count(slot) for i, slot in enumerate(slots)]
@@ -103,8 +108,10 @@ class FakeRunner:
         return self.context(rows)
 
     def commit(self, slot: int, token: int) -> None:
+        """What the runner's post-sampling kernel writes: the token and the new length."""
         self.rs.all_token_ids.gpu[slot, self.lengths[slot]] = token
         self.lengths[slot] += 1
+        self.rs.total_len.gpu[slot] = self.lengths[slot]
 
 
 def params(**extra_args: Any) -> SamplingParams:
@@ -210,3 +217,57 @@ def test_slot_reuse_replaces_or_drops_the_row(driver: V2GrammarDriver) -> None:
     assert driver.rows[3] is not first
     assert not driver.add_request(3, params())
     assert 3 not in driver.rows
+
+
+@contextlib.contextmanager
+def device_unreadable(req_states: Any) -> Iterator[None]:
+    """Swap the runner's device buffers for meta tensors: any read of them raises, so a
+    step that passes never synchronised with the device."""
+    saved = req_states.all_token_ids.gpu, req_states.total_len.gpu
+    req_states.all_token_ids.gpu = torch.empty_like(saved[0], device="meta")
+    req_states.total_len.gpu = torch.empty_like(saved[1], device="meta")
+    try:
+        yield
+    finally:
+        req_states.all_token_ids.gpu, req_states.total_len.gpu = saved
+
+
+def test_a_step_without_drafts_reads_nothing_from_the_device_while_masking(
+    driver: V2GrammarDriver, req_states: Any, tokenizer: Any
+) -> None:
+    runner = FakeRunner(req_states, driver)
+    schema = params(radix_json_schema=json.dumps(SCHEMA))
+    grammar_slots = [runner.add(f"g{i}", schema, [1, 5, 6], 3) for i in range(2)]
+    plain = runner.add("plain", params(), [1, 7], 2)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(8):
+        active = [*grammar_slots, plain]
+        ctx = runner.decode_step(active)  # the staged-writes hook runs before the forward
+        blind = dataclasses.replace(
+            ctx,
+            expanded_idx_mapping=torch.empty_like(ctx.expanded_idx_mapping, device="meta"),
+            pos=torch.empty_like(ctx.pos, device="meta"),
+            input_ids=torch.empty_like(ctx.input_ids, device="meta"),
+        )
+        logits = torch.randn(len(active), TINY_VOCAB, generator=generator) * 3
+        with device_unreadable(req_states):
+            driver.apply(logits, blind)
+        for row, slot in enumerate(active):
+            token = sample_row(logits[row], generator, greedy=False)
+            if slot in grammar_slots:
+                assert driver.rows[slot].consumed == step  # caught up on every earlier token
+                assert token not in STOP_IDS  # the object cannot be complete this early
+            runner.commit(slot, token)
+
+
+def test_tokens_committed_past_the_prefetch_window_are_read_back(
+    driver: V2GrammarDriver, req_states: Any, tokenizer: Any
+) -> None:
+    runner = FakeRunner(req_states, driver)
+    slot = runner.add("g", params(radix_json_schema=json.dumps(SCHEMA)), [1, 5, 6], 3)
+    committed = tokenizer.encode('{"id":1', add_special_tokens=False)
+    assert len(committed) > 1  # more than one step's window (no drafts configured)
+    for token in committed:
+        runner.commit(slot, token)
+    driver.apply(torch.zeros(1, TINY_VOCAB), runner.decode_step([slot]))
+    assert driver.rows[slot].consumed == len(committed)

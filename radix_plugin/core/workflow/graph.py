@@ -17,7 +17,8 @@ class AgentStepGraph:
     """A workflow as a sequence of steps, each running one or more agents.
 
     ``loop=True`` means the sequence repeats (an agent loop such as plan, act, reflect), so an
-    agent absent from the rest of this round is still due in the next one.
+    agent absent from the rest of this round is still due in the next one, and a client may
+    keep counting steps across rounds (step ``n + k`` of an ``n``-step loop is step ``k``).
     """
 
     steps: tuple[frozenset[str], ...]
@@ -41,8 +42,7 @@ class AgentStepGraph:
         Agents that never run again are left out (the server treats them as far away).
         """
         n = len(self.steps)
-        if not 0 <= current < n:
-            raise WorkflowHintError(f"step {current} is outside this workflow's 0..{n - 1}")
+        current = self._index(current)
         horizon = n if self.loop else n - current
         out: dict[str, int] = {}
         for k in range(horizon):
@@ -52,6 +52,7 @@ class AgentStepGraph:
 
     def hints(self, workflow_id: str, current: int, agent: str) -> dict[str, Any]:
         """``vllm_xargs`` for the request that ``agent`` sends at step ``current``."""
+        current = self._index(current)
         if agent not in self.steps[current]:
             raise WorkflowHintError(
                 f"agent {agent!r} does not run at step {current}; "
@@ -63,6 +64,17 @@ class AgentStepGraph:
             "radix_steps": json.dumps(self.steps_to_execution(current), sort_keys=True),
         }
 
+    def _index(self, current: int) -> int:
+        """The step ``current`` names: wrapped around in a loop, else it must exist."""
+        n = len(self.steps)
+        if self.loop:
+            if current < 0:
+                raise WorkflowHintError(f"step {current} is negative")
+            return current % n
+        if not 0 <= current < n:
+            raise WorkflowHintError(f"step {current} is outside this workflow's 0..{n - 1}")
+        return current
+
 
 def parse_steps_hint(raw: Any) -> dict[str, int]:
     """Decode ``radix_steps`` (a JSON object of agent -> non-negative int, or a mapping)."""
@@ -73,9 +85,15 @@ def parse_steps_hint(raw: Any) -> dict[str, int]:
             raise WorkflowHintError(f"radix_steps is not JSON: {exc.msg}") from None
     if not isinstance(raw, Mapping):
         raise WorkflowHintError(f"radix_steps must be an object of agent -> steps, got {raw!r}")
-    bad = {k: v for k, v in raw.items() if not (isinstance(v, int) and v >= 0)}
-    if bad or not all(isinstance(k, str) for k in raw):
-        raise WorkflowHintError(
-            f"radix_steps values must be non-negative integers keyed by agent, got {bad or raw}"
-        )
+    for key, value in raw.items():
+        # bool is an int subclass: True must not pass as step 1.
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+            raise WorkflowHintError(
+                f"radix_steps[{key!r}] must be a non-negative integer keyed by agent name, "
+                f"got {value!r}"
+            )
+        if value < 0:
+            raise WorkflowHintError(
+                f"radix_steps values must be non-negative integers, got {key!r}: {value}"
+            )
     return dict(raw)

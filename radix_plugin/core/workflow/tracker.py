@@ -19,15 +19,11 @@ class WorkflowTracker:
         self._maps: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     def update(self, workflow_id: str, steps: Mapping[str, int]) -> None:
-        """Record a workflow's current map; an empty map means the workflow is done."""
+        """Record a workflow's current map (the most recently updated one is kept longest)."""
         self._maps.pop(workflow_id, None)
-        if steps:
-            self._maps[workflow_id] = dict(steps)
+        self._maps[workflow_id] = dict(steps)
         while len(self._maps) > self.max_workflows:
             self._maps.popitem(last=False)
-
-    def finish(self, workflow_id: str) -> None:
-        self._maps.pop(workflow_id, None)
 
     def agent_steps(self) -> dict[str, int]:
         merged: dict[str, int] = {}

@@ -85,7 +85,11 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         else:  # V2: (req_states,)
             req_states: LogitsProcRequestState = args[0]
             pin = req_states.device.type == "cuda"
-            self._v2 = V2GrammarDriver(self._service, req_states, pin_memory=pin)
+            spec = vllm_config.speculative_config
+            drafts = spec.num_speculative_tokens if spec is not None else 0
+            self._v2 = V2GrammarDriver(
+                self._service, req_states, pin_memory=pin, max_new_tokens=1 + (drafts or 0)
+            )
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -111,7 +115,9 @@ class RadixGrammarLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         return self._v2.add_request(req_idx, sampling_params) if self._v2 is not None else False
 
     def apply_staged_writes(self) -> None:
-        """V2: nothing is staged; token history is read from `req_states` in `apply`."""
+        """V2, before each forward pass: start copying the token history `apply` needs."""
+        if self._v2 is not None:
+            self._v2.apply_staged_writes()
 
     # --- both ---------------------------------------------------------------------------
 

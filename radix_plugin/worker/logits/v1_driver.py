@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radix_plugin.worker.logits.masking import BitmaskBuffer
+from radix_plugin.worker.logits.masking import BitmaskBuffer, cuda_event
 from radix_plugin.worker.logits.request_rows import row_for_request
 from radix_plugin.worker.logits.row_state import GrammarRow
 
@@ -32,7 +32,9 @@ class V1GrammarDriver:
     ) -> None:
         self._service = service
         self._rows: dict[int, tuple[GrammarRow, list[int]]] = {}
-        self._bitmask = BitmaskBuffer(service.vocab_size, pin_memory=pin_memory)
+        self._bitmask = BitmaskBuffer(
+            service.vocab_size, pin_memory=pin_memory, new_event=cuda_event if pin_memory else None
+        )
         self._max_num_reqs = max_num_reqs
 
     @property

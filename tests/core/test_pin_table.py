@@ -1,0 +1,93 @@
+"""The scheduler's pin table over a real radix tree: counted per node, bounded by the budget."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
+from radix_plugin.engine_core.scheduler import PinTable
+
+BUDGET = 5
+SEQUENCES = [[1, 2, 3, 4], [1, 2, 7], [9, 8], [9, 8, 7, 6, 5, 4], [3]]
+
+
+def tree_with_nodes() -> tuple[RadixTree, list[RadixNode]]:
+    """One node per block, as the vLLM pool builds it; returns every node."""
+    tree = RadixTree(1, max_pinned_blocks=BUDGET, path_compression=False, token_ids=True)
+    blocks = iter(range(1000))
+    for seq in SEQUENCES:
+        tree.insert(seq, [next(blocks) for _ in seq])
+    return tree, list(tree.iter_nodes())
+
+
+def pinned_union(nodes: list[RadixNode]) -> int:
+    return len({id(n) for node in nodes for n in node.path_to_root()})
+
+
+ops = st.lists(st.tuples(st.sampled_from(["pin", "unpin"]), st.integers(0, 100)), max_size=40)
+
+
+@given(ops)
+def test_pins_are_counted_per_node_within_the_budget(script: list[tuple[str, int]]) -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    pinners: dict[RadixNode, int] = {}  # what the test pinned and not yet unpinned
+    for op, i in script:
+        node = nodes[i % len(nodes)]
+        if op == "pin":
+            try:
+                table.pin(node)
+            except PinBudgetExceeded:
+                assert node.depth_in_blocks() > BUDGET
+                continue
+            pinners[node] = pinners.get(node, 0) + 1
+        elif table.count(node):
+            table.unpin(node)
+            pinners[node] -= 1
+        held = [n for n in nodes if table.count(n)]
+        assert len(table) == len(held) <= BUDGET
+        assert all(table.count(n) <= pinners.get(n, 0) for n in held)  # only evictions lose
+        assert table.pinned_blocks == tree.stats().pinned_blocks == pinned_union(held)
+        assert table.pinned_blocks <= BUDGET
+    for node in [n for n in nodes if table.count(n)]:
+        for _ in range(table.count(node)):
+            table.unpin(node)
+    assert len(table) == 0 and tree.stats().pinned_blocks == 0
+
+
+def test_a_node_pinned_k_times_stays_pinned_until_unpinned_k_times() -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    leaf = next(n for n in nodes if n.depth_in_blocks() == 4)
+    for _ in range(3):
+        table.pin(leaf)
+    assert len(table) == 1 and table.pinned_blocks == 4
+    table.unpin(leaf)
+    table.unpin(leaf)
+    assert table.pinned_blocks == 4
+    table.unpin(leaf)
+    assert len(table) == 0 and table.pinned_blocks == 0
+
+
+def test_a_prefix_over_the_budget_does_not_flush_the_other_pins() -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    small = next(n for n in nodes if n.depth_in_blocks() == 2)
+    table.pin(small)
+    huge = next(n for n in nodes if n.depth_in_blocks() == 6)
+    with pytest.raises(PinBudgetExceeded, match="pin budget of 5 blocks"):
+        table.pin(huge)
+    assert table.count(small) == 1 and table.pinned_blocks == 2
+
+
+def test_pins_of_invalidated_nodes_leave_the_table() -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    leaf = next(n for n in nodes if n.depth_in_blocks() == 4)
+    table.pin(leaf)
+    tree.remove_subtree(leaf.parent)
+    other = next(n for n in nodes if n.depth_in_blocks() == 1 and not n.detached)
+    table.pin(other)
+    assert len(table) == 1 and table.pinned_blocks == 1
