@@ -15,6 +15,10 @@ where they are; what vLLM does not expose is reached only through this module:
 - ``Scheduler._free_request``, the one place every finished or aborted request passes
   (``SchedulerSeam.on_request_freed``).
 - ``KVConnectorBase_V1._get_connector_metadata`` (the step's metadata in the worker).
+- ``SchedulerStats`` reaches the API server as msgpack of its declared fields only, so the
+  pin stats ride in its one free-form ``dict[str, int]``, ``num_kv_fetch_reqs_by_stage``,
+  under ``radix_plugin:`` keys that the plugin's stat logger takes out again before
+  vLLM's loggers read it (``put_pin_stats`` / ``take_pin_stats``).
 - ``StructuredOutputsParams._backend``, ``Request.status`` and
   ``StructuredOutputManager._get_constraint_bounds`` (scheduler-side grammars for
   jump-forward).
@@ -220,3 +224,28 @@ def grammar_constrains_next_token(request: Request, manager: StructuredOutputMan
     """True once the grammar constrains the next token (a reasoning section, if any, ended),
     from ``StructuredOutputManager._get_constraint_bounds``."""
     return manager._get_constraint_bounds(request, ()).constraint_start == 0
+
+
+PIN_STATS_KEY_PREFIX = "radix_plugin:"
+
+
+def put_pin_stats(scheduler_stats: Any, values: Any) -> None:
+    """EngineCore side: add the pin counts (an object with ``as_dict()`` of ints) to a
+    ``SchedulerStats`` (vLLM 0.32.0: its dataclass fields are all that crosses the process
+    boundary, and ``num_kv_fetch_reqs_by_stage`` is the only ``dict[str, int]``; vLLM's
+    loggers read only its own stage keys there, with ``.get``)."""
+    carrier = scheduler_stats.num_kv_fetch_reqs_by_stage
+    for name, value in values.as_dict().items():
+        carrier[PIN_STATS_KEY_PREFIX + name] = int(value)
+
+
+def take_pin_stats(scheduler_stats: Any) -> dict[str, int] | None:
+    """API server side: remove and return what ``put_pin_stats`` added (``None`` if
+    nothing), so vLLM's own loggers see the dict as vLLM filled it."""
+    carrier = getattr(scheduler_stats, "num_kv_fetch_reqs_by_stage", None)
+    if not carrier:
+        return None
+    ours = [k for k in carrier if k.startswith(PIN_STATS_KEY_PREFIX)]
+    if not ours:
+        return None
+    return {k.removeprefix(PIN_STATS_KEY_PREFIX): carrier.pop(k) for k in ours}

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "radix_plugin"
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "grammar": {"core", "grammar"},
-    "api_server": {"core", "grammar", "api_server"},
+    "api_server": {"core", "grammar", "compat", "api_server"},
     "compat": set(),
     "engine_core": {"core", "grammar", "compat", "engine_core", "host_tier.metadata"},
     "worker": {"core", "grammar", "api_server", "worker", "host_tier.metadata"},
@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 """Layer -> the plugin layers it may import. ``host_tier`` is the KV connector vLLM builds
 in both EngineCore and the workers; each role imports its own side. The worker's logits
-processor class is also loaded by the API server, which calls its ``validate_params``."""
+processor class is also loaded by the API server, which calls its ``validate_params``; the
+API server's stat logger reads what the scheduler put in vLLM's stats through ``compat``."""
 
 
 def _modules() -> list[Path]:

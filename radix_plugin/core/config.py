@@ -7,9 +7,11 @@ key or value and the valid choices, instead of a traceback from deep inside vLLM
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from radix_plugin.core.hints import MAX_PIN_TTL_S
 from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy, make_ordering
 
 CONFIG_KEY = "radix_plugin"
@@ -35,6 +37,9 @@ class RadixPluginConfig:
     """Hold back a waiting request while another one is prefilling the same new prefix."""
     pin_share: float = 0.25
     """Largest share of the KV pool that ``radix_pin`` requests may keep pinned."""
+    pin_ttl_s: float = 0.0
+    """Seconds a ``radix_pin`` lasts when the request sets no ``radix_pin_ttl``; 0: until
+    unpinned (``radix_unpin``), displaced by newer pins over the budget, or a cache reset."""
     jump_forward: bool = True
     """Compressed-FSM jump-forward for structured output (masking only when False)."""
     host_tier_gib: float = 0.0
@@ -96,6 +101,11 @@ class RadixPluginConfig:
         if not 0.0 <= self.pin_share <= 0.9:
             raise RadixConfigError(
                 f"{CONFIG_KEY}: pin_share must be between 0 and 0.9, got {self.pin_share}"
+            )
+        if not (math.isfinite(self.pin_ttl_s) and 0.0 <= self.pin_ttl_s <= MAX_PIN_TTL_S):
+            raise RadixConfigError(
+                f"{CONFIG_KEY}: pin_ttl_s must be between 0 (no expiry) and "
+                f"{MAX_PIN_TTL_S:.0f} seconds, got {self.pin_ttl_s}"
             )
 
 

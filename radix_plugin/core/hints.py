@@ -8,6 +8,7 @@ Imports neither vLLM nor torch.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ XARG_PIN = "radix_pin"
 XARG_WORKFLOW = "radix_workflow"
 XARG_AGENT = "radix_agent"
 XARG_STEPS = "radix_steps"
+XARG_UNPIN = "radix_unpin"
+XARG_PIN_TTL = "radix_pin_ttl"
+MAX_PIN_TTL_S = 30 * 24 * 3600.0
+"""Longest ``radix_pin_ttl`` (and ``pin_ttl_s``) accepted: 30 days."""
 
 
 class HintError(ValueError):
@@ -35,6 +40,9 @@ class RequestHints:
     workflow: str | None = None
     agent: str | None = None
     steps: dict[str, int] = field(default_factory=dict)
+    unpin: bool = False
+    pin_ttl_s: float | None = None
+    """Seconds the pin lasts; ``None``: the ``pin_ttl_s`` setting decides."""
 
 
 def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
@@ -59,7 +67,8 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
             steps = parse_steps_hint(extra_args[XARG_STEPS])
         except WorkflowHintError as exc:
             raise HintError(str(exc)) from None
-    return RequestHints(priority, pin, workflow, agent, steps)
+    unpin, pin_ttl_s = _unpin_and_ttl(extra_args, pin)
+    return RequestHints(priority, pin, workflow, agent, steps, unpin, pin_ttl_s)
 
 
 def request_hints(request: Any) -> RequestHints:
@@ -107,3 +116,30 @@ def _optional_str(extra_args: Mapping[str, Any], key: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise HintError(f"{key} must be a string, got {value!r}")
     return str(value)
+
+
+def _unpin_and_ttl(extra_args: Mapping[str, Any], pin: bool) -> tuple[bool, float | None]:
+    """``radix_unpin`` (a boolean) and ``radix_pin_ttl`` (seconds, only with ``radix_pin``)."""
+    unpin = parse_flag(extra_args.get(XARG_UNPIN, False))
+    if unpin is None:
+        raise HintError(f"{XARG_UNPIN} must be a boolean, got {extra_args[XARG_UNPIN]!r}")
+    if unpin and pin:
+        raise HintError(f"{XARG_UNPIN} and {XARG_PIN} cannot both be set on one request")
+    if XARG_PIN_TTL not in extra_args:
+        return unpin, None
+    raw = extra_args[XARG_PIN_TTL]
+    ttl: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        ttl = float(raw)
+    elif isinstance(raw, str):
+        try:
+            ttl = float(raw)
+        except ValueError:
+            ttl = None
+    if ttl is None or not math.isfinite(ttl) or not 0 < ttl <= MAX_PIN_TTL_S:
+        raise HintError(
+            f"{XARG_PIN_TTL} must be a number of seconds in (0, {MAX_PIN_TTL_S:.0f}], got {raw!r}"
+        )
+    if not pin:
+        raise HintError(f"{XARG_PIN_TTL} needs {XARG_PIN} (the pin it limits)")
+    return unpin, ttl

@@ -3,7 +3,9 @@
 Written against vLLM 0.32.0. It does not fork vLLM's scheduling logic: it builds vLLM's own
 scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``), reorders the waiting queue before
 each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
-another request is prefilling right now, and applies ``radix_pin`` hints.
+another request is prefilling right now, and applies ``radix_pin`` / ``radix_unpin`` hints
+(pins expire after ``radix_pin_ttl`` or the ``pin_ttl_s`` setting; their size is in the
+scheduler stats, exported as ``radix_plugin:pinned_kv_blocks`` by the stat logger).
 
 ``RadixScheduler`` (or a user's subclass) builds its async variant by itself when vLLM runs
 with async scheduling (the GPU default), so users pass one class name everywhere.
@@ -11,7 +13,10 @@ with async scheduling (the GPU default), so users pass one class name everywhere
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -23,10 +28,12 @@ from radix_plugin.compat import (
     SchedulerSeam,
     check_vllm_version,
     install_lookup_patch,
+    put_pin_stats,
     radix_block_pool,
 )
 from radix_plugin.core.config import RadixConfigError, RadixPluginConfig
 from radix_plugin.core.hints import RequestHintsMap
+from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
@@ -86,7 +93,9 @@ class RadixSchedulerMixin(SchedulerSeam):
         self._radix_wait_steps: dict[str, int] = {}
         self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
         self._radix_pins = PinTable(self.radix_pool.tree) if self.radix_pool else None
-        self._radix_pin_pending: set[str] = set()
+        self._radix_pin_pending: dict[str, float] = {}  # request id -> pin TTL (0: none)
+        self._radix_clock = time.monotonic
+        self._radix_pins_logged = PinStats()
         logger.info(
             "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
             config.eviction,
@@ -97,6 +106,8 @@ class RadixSchedulerMixin(SchedulerSeam):
     # --- scheduling ----------------------------------------------------------------------
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        if self._radix_pins is not None and self._radix_pins.expire(self._radix_clock()):
+            self._radix_log_pins("expired")
         held_back = self._radix_reorder_waiting()
         try:
             output = super().schedule(*args, **kwargs)  # type: ignore[misc]
@@ -183,7 +194,10 @@ class RadixSchedulerMixin(SchedulerSeam):
         new = request.request_id not in self.requests  # type: ignore[attr-defined]
         hints = self._radix_hints.add(request)  # a streaming session keeps its first hints
         if new and hints.pin and self._radix_pins is not None:
-            self._radix_pin_pending.add(request.request_id)
+            ttl = hints.pin_ttl_s if hints.pin_ttl_s is not None else self.radix_config.pin_ttl_s
+            self._radix_pin_pending[request.request_id] = ttl
+        if new and hints.unpin and self._radix_pins is not None:
+            self._radix_unpin(request)
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
@@ -265,25 +279,74 @@ class RadixSchedulerMixin(SchedulerSeam):
             request = self.requests[rid]  # type: ignore[attr-defined]
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
-            self._radix_pin_pending.discard(rid)
+            ttl = self._radix_pin_pending.pop(rid)
             prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
             n_blocks, node = pool.cached_prefix_node(prompt_hashes)
             if n_blocks == 0:
                 continue
+            expires_at = self._radix_clock() + ttl if ttl > 0 else math.inf
             try:
-                pins.pin(node)
+                pins.pin(node, expires_at)
             except PinBudgetExceeded as exc:
                 logger.warning("radix_pin for request %s ignored: %s", rid, exc)
+            self._radix_log_pins(f"request {rid} pinned {n_blocks} blocks")
+
+    def _radix_unpin(self, request: Any) -> None:
+        """``radix_unpin``: release every pin on a prefix of this request's prompt."""
+        pool, pins = self.radix_pool, self._radix_pins
+        assert pool is not None and pins is not None
+        prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
+        n_blocks, node = pool.cached_prefix_node(prompt_hashes)
+        released = pins.release(node) if n_blocks else 0
+        if released:
+            self._radix_log_pins(f"request {request.request_id} unpinned {released} prefixes")
+        else:
+            logger.info("radix_unpin of request %s: no pinned prefix", request.request_id)
+
+    def radix_pin_stats(self) -> PinStats:
+        """The pins now: blocks and prefixes held, and the budget that bounds them."""
+        pool, pins = self.radix_pool, self._radix_pins
+        if pool is None or pins is None:
+            return PinStats()
+        return PinStats(
+            pinned_blocks=pins.pinned_blocks,
+            pinned_prefixes=len(pins),
+            budget_blocks=pool.tree.max_pinned_blocks or 0,
+        )
+
+    def _radix_log_pins(self, why: str) -> None:
+        """One log line whenever what is pinned changed."""
+        stats = self.radix_pin_stats()
+        if stats == self._radix_pins_logged:
+            return
+        self._radix_pins_logged = stats
+        logger.info(
+            "radix_plugin pins (%s): %d KV blocks in %d prefixes pinned, budget %d blocks "
+            "(pin_share %.2f)",
+            why,
+            stats.pinned_blocks,
+            stats.pinned_prefixes,
+            stats.budget_blocks,
+            self.radix_config.pin_share,
+        )
+
+    def make_stats(self, *args: Any, **kwargs: Any) -> Any:
+        """vLLM's scheduler stats, carrying the pins to the API server's stat logger."""
+        stats = super().make_stats(*args, **kwargs)  # type: ignore[misc]
+        if stats is not None and self._radix_pins is not None:
+            put_pin_stats(stats, self.radix_pin_stats())
+        return stats
 
     def on_request_freed(self, request: Any) -> None:
         """Every finished request (done or aborted) drops its hints and pending pin."""
         self._radix_hints.drop(request.request_id)
-        self._radix_pin_pending.discard(request.request_id)
+        self._radix_pin_pending.pop(request.request_id, None)
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
         if ok and self._radix_pins is not None:
             self._radix_pins.clear()  # the pool's reset dropped every pin in the tree
+            self._radix_log_pins("prefix cache reset")
         return ok
 
 
@@ -291,21 +354,30 @@ class PinTable:
     """Explicit pins (``radix_pin``): one tree pin per distinct node, counted by pinners.
 
     A node pinned by k requests is pinned once in the tree, so it counts once against the
-    tree's pin budget, and stays pinned until unpinned k times. When a new pin does not fit
-    the budget, the least recently pinned nodes lose their pins first. The table never holds
-    more than the distinct pinned nodes (each at least one block, so at most the budget).
+    tree's pin budget, and stays pinned until all k pinners are gone: each is unpinned,
+    expires (a pin with a time-to-live, see :meth:`expire`), or :meth:`release` drops them
+    all at once. When a new pin does not fit the budget, the least recently pinned nodes
+    lose their pins first. The table never holds more than the distinct pinned nodes (each
+    at least one block, so at most the budget).
     """
 
     def __init__(self, tree: RadixTree) -> None:
         self._tree = tree
-        self._count: OrderedDict[RadixNode, int] = OrderedDict()  # least recently pinned first
+        # node -> its pinners' expiry times, soonest first (inf: never); least recently
+        # pinned node first
+        self._pins: OrderedDict[RadixNode, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._count)
+        return len(self._pins)
 
     def count(self, node: RadixNode) -> int:
         """How many pinners hold ``node``."""
-        return self._count.get(node, 0)
+        return len(self._pins.get(node, ()))
+
+    def expires_at(self, node: RadixNode) -> float | None:
+        """When ``node``'s last pinner expires (inf: never); ``None`` if it is not pinned."""
+        expiries = self._pins.get(node)
+        return expiries[-1] if expiries else None
 
     @property
     def pinned_blocks(self) -> int:
@@ -313,13 +385,14 @@ class PinTable:
         the pin budget bounds."""
         return self._tree.stats().pinned_blocks
 
-    def pin(self, node: RadixNode) -> None:
-        """Pin the prefix ending at ``node`` once more; raises ``PinBudgetExceeded`` if it
-        cannot fit even after unpinning older pins (which are then dropped)."""
+    def pin(self, node: RadixNode, expires_at: float = math.inf) -> None:
+        """Pin the prefix ending at ``node`` once more, until ``expires_at`` (on the clock
+        :meth:`expire` is given); raises ``PinBudgetExceeded`` if it cannot fit even after
+        unpinning older pins (which are then dropped)."""
         self._forget_detached()
-        if node in self._count:
-            self._count[node] += 1
-            self._count.move_to_end(node)
+        if node in self._pins:
+            bisect.insort(self._pins[node], expires_at)
+            self._pins.move_to_end(node)
             return
         budget = self._tree.max_pinned_blocks
         if budget is not None and node.depth_in_blocks() > budget:
@@ -332,28 +405,55 @@ class PinTable:
                 self._tree.pin(node)
                 break
             except PinBudgetExceeded:
-                if not self._count:
+                if not self._pins:
                     raise
-                oldest, _ = self._count.popitem(last=False)
+                oldest, _ = self._pins.popitem(last=False)
                 self._tree.unpin(oldest)
-        self._count[node] = 1
+        self._pins[node] = [expires_at]
 
     def unpin(self, node: RadixNode) -> None:
-        """Drop one pinner of ``node``; the last one unpins it in the tree."""
-        left = self._count.pop(node) - 1
-        if left:
-            self._count[node] = left
-        else:
+        """Drop one pinner of ``node`` (the one due to expire first); the last one unpins
+        it in the tree."""
+        expiries = self._pins[node]
+        expiries.pop(0)
+        if not expiries:
+            del self._pins[node]
             self._tree.unpin(node)
+
+    def release(self, node: RadixNode) -> int:
+        """Drop every pinner of every pinned prefix of the prefix ending at ``node`` (that
+        node and its ancestors): what ``radix_unpin`` does. Returns how many pinned
+        prefixes were released."""
+        self._forget_detached()
+        path = set(node.path_to_root())
+        released = [n for n in self._pins if n in path]
+        for n in released:
+            del self._pins[n]
+            self._tree.unpin(n)
+        return len(released)
+
+    def expire(self, now: float) -> int:
+        """Drop the pinners whose time is up (``expires_at <= now``); returns how many
+        pinned prefixes that released."""
+        self._forget_detached()
+        released = 0
+        for node in [n for n, expiries in self._pins.items() if expiries[0] <= now]:
+            expiries = self._pins[node]
+            del expiries[: bisect.bisect_right(expiries, now)]
+            if not expiries:
+                del self._pins[node]
+                self._tree.unpin(node)
+                released += 1
+        return released
 
     def clear(self) -> None:
         """Forget every pin; for after the tree dropped them all (a prefix-cache reset)."""
-        self._count.clear()
+        self._pins.clear()
 
     def _forget_detached(self) -> None:
         """Drop nodes an invalidation removed from the tree (their pins ended there)."""
-        for node in [n for n in self._count if n.detached]:
-            del self._count[node]
+        for node in [n for n in self._pins if n.detached]:
+            del self._pins[node]
 
 
 class DraftCaps:

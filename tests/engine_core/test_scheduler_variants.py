@@ -20,6 +20,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 from radix_plugin import RadixAsyncScheduler, RadixScheduler
+from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.engine_core.scheduler import RadixSchedulerMixin
 from radix_plugin.testing.engine import configure_cpu_env
 from radix_plugin.testing.models import get_model_path
@@ -228,6 +229,58 @@ def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
     assert scheduler.reset_prefix_cache()
     assert len(scheduler._radix_pins) == 0
     assert pool.tree.stats().pinned_blocks == 0
+
+
+def _used_blocks(scheduler: RadixScheduler) -> int:
+    """Blocks vLLM counts as used (its ``kv_cache_usage`` times the usable pool)."""
+    pool = scheduler.kv_cache_manager.block_pool
+    return round(scheduler.kv_cache_manager.usage * (pool.num_gpu_blocks - 1))
+
+
+def test_idle_usage_is_the_pins_until_they_expire_or_are_unpinned() -> None:
+    scheduler = build(async_scheduling=False, radix={"pin_ttl_s": 100})
+    clock = [0.0]
+    scheduler._radix_clock = lambda: clock[0]
+    a, b, c = ([*range(k * 1000, k * 1000 + 64), 1] for k in (1, 2, 3))  # 2 blocks each
+    scheduler.add_request(make_request("a", a, {"radix_pin": True, "radix_pin_ttl": 10}))
+    scheduler.add_request(make_request("b", b, {"radix_pin": True}))  # pin_ttl_s: 100
+    scheduler.add_request(make_request("c", c))
+    run_steps(scheduler)
+    assert scheduler.radix_pin_stats() == PinStats(4, 2, int((BLOCKS - 1) * 0.25))
+    assert _used_blocks(scheduler) == 4  # idle: exactly the pinned blocks
+    clock[0] = 10.0
+    scheduler.schedule()  # expiry is lazy: the next step releases a's pin
+    assert scheduler.radix_pin_stats().pinned_blocks == 2 and _used_blocks(scheduler) == 2
+    scheduler.add_request(make_request("unpin-b", b, {"radix_unpin": True}))
+    run_steps(scheduler)
+    assert scheduler.radix_pin_stats().pinned_blocks == 0 and _used_blocks(scheduler) == 0
+    scheduler.add_request(make_request("c2", c, {"radix_pin": True}))
+    run_steps(scheduler)
+    assert _used_blocks(scheduler) == 2
+    clock[0] = 110.0  # the pin_ttl_s default
+    scheduler.schedule()
+    assert _used_blocks(scheduler) == 0 and len(scheduler._radix_pins) == 0
+
+
+def test_pin_stats_ride_scheduler_stats_to_the_stat_logger() -> None:
+    from vllm.v1.engine import EngineCoreOutputs
+    from vllm.v1.metrics.stats import SchedulerStats
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    from radix_plugin.api_server.metrics import RadixPinStatLogger, pin_gauges
+    from radix_plugin.compat import put_pin_stats
+
+    stats = SchedulerStats()
+    put_pin_stats(stats, PinStats(7, 2, 15))
+    wire = MsgpackEncoder().encode(EngineCoreOutputs(scheduler_stats=stats))
+    received = MsgpackDecoder(EngineCoreOutputs).decode(wire).scheduler_stats
+    config = build(async_scheduling=False).vllm_config
+    logger = RadixPinStatLogger(config, [0])
+    logger.record(received, None)
+    assert received.num_kv_fetch_reqs_by_stage == {}  # vLLM's loggers see it unchanged
+    model = config.model_config.served_model_name
+    value = {f: g.labels(model, "0")._value.get() for f, g in pin_gauges().items()}
+    assert value == {"pinned_blocks": 7, "pinned_prefixes": 2, "budget_blocks": 15}
 
 
 class MyScheduler(RadixScheduler):
