@@ -92,6 +92,21 @@ def test_completions_hit_the_prefix_cache_and_metrics_show_it(server: str) -> No
     assert _metric(metrics, "vllm:prefix_cache_queries_total") > 0
 
 
+def test_metrics_show_the_pins_until_unpinned(server: str) -> None:
+    model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
+    prompt = "A pinned system prompt stays in the KV cache until released. " * 16
+    body = {"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+    _post(server + "/v1/completions", {**body, "vllm_xargs": {"radix_pin": True}})
+    metrics = _get(server + "/metrics")
+    assert _metric(metrics, "radix_plugin:pinned_kv_blocks") >= 4
+    assert _metric(metrics, "radix_plugin:pinned_prefixes") == 1
+    assert _metric(metrics, "radix_plugin:pin_budget_kv_blocks") == int(127 * 0.25)
+    _post(server + "/v1/completions", {**body, "vllm_xargs": {"radix_unpin": True}})
+    metrics = _get(server + "/metrics")
+    assert _metric(metrics, "radix_plugin:pinned_kv_blocks") == 0
+    assert _metric(metrics, "radix_plugin:pinned_prefixes") == 0
+
+
 def test_chat_completions(server: str) -> None:
     model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
     reply = _post(
