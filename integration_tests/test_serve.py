@@ -96,6 +96,9 @@ def test_metrics_show_the_pins_until_unpinned(server: str) -> None:
     model = json.loads(_get(server + "/v1/models"))["data"][0]["id"]
     prompt = "A pinned system prompt stays in the KV cache until released. " * 16
     body = {"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+    bad = {**body, "vllm_xargs": {"radix_pin": True, "radix_pin_ttl": "never"}}
+    code, reply = _post_status(server + "/v1/completions", bad)
+    assert code == 400 and "radix_pin_ttl must be a number" in reply
     _post(server + "/v1/completions", {**body, "vllm_xargs": {"radix_pin": True}})
     metrics = _get(server + "/metrics")
     assert _metric(metrics, "radix_plugin:pinned_kv_blocks") >= 4
