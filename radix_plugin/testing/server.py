@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -59,38 +58,12 @@ def server_command(
 
 def server_env() -> dict[str, str]:
     """1 GiB of KV space (the override above caps what is used) and one thread per process."""
-    env = dict(
+    return dict(
         os.environ,
         VLLM_CPU_KVCACHE_SPACE="1",
         OMP_NUM_THREADS="1",
         VLLM_ENABLE_V1_MULTIPROCESSING="1",
     )
-    shim = _entry_point_shim()
-    if shim is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (shim, env.get("PYTHONPATH")) if p)
-    return env
-
-
-STAT_LOGGER_GROUP = "vllm.stat_logger_plugins"
-STAT_LOGGER_ENTRY = "radix_pins = radix_plugin.api_server.metrics:RadixPinStatLogger"
-
-
-def _entry_point_shim() -> str | None:
-    """A folder with the stat-logger entry point when the installed distribution predates it
-    (an editable install keeps the entry points of its last ``pip install``), so a server
-    started from a checkout exports what that checkout's ``pyproject.toml`` declares."""
-    from importlib.metadata import entry_points
-
-    if any(ep.name == "radix_pins" for ep in entry_points(group=STAT_LOGGER_GROUP)):
-        return None
-    root = Path(tempfile.gettempdir()) / f"radix_plugin_entry_points_{os.getuid()}"
-    info = root / "radix_plugin_entry_points-0.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: radix-plugin-entry-points\nVersion: 0\n"
-    )
-    (info / "entry_points.txt").write_text(f"[{STAT_LOGGER_GROUP}]\n{STAT_LOGGER_ENTRY}\n")
-    return str(root)
 
 
 @contextlib.contextmanager
