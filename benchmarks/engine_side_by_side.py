@@ -1,6 +1,7 @@
 """Vanilla vLLM (prefix caching on) vs vLLM + radix_plugin, in one run, on a real engine.
 
-    python benchmarks/engine_side_by_side.py [--model small|tiny|real] [--workloads a,b] [--repeats 2]
+    python benchmarks/engine_side_by_side.py [--model small|tiny|real]
+        [--workloads a,b] [--repeats 2]
         [--scale 1.0] [--scheduler-steps] [--out benchmarks/results]
 
 Both engines live in this process and run each workload alternately (vanilla, plugin,
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_workloads import WORKLOADS, RunStats, run
 from results_io import machine, model_choices, result_name, write_results
 
+DEFAULT_KV_BLOCKS = 2048  # KV pool of workloads that do not set their own
 PLUGIN_ARGS = {
     "scheduler_cls": "radix_plugin.RadixScheduler",
     "additional_config": {"radix_plugin": {"eviction": "adaptive", "schedule": "lpm"}},
@@ -68,7 +70,7 @@ def vocab_size(llm: Any) -> int:
 def compare_workload(engines: Engines, name: str, repeats: int, scale: float) -> dict:
     runs: dict[str, list[RunStats]] = {"vanilla": [], "plugin": []}
     probe = WORKLOADS[name](vocab=1000, scale=scale)
-    kv_blocks = probe.kv_blocks or 2048
+    kv_blocks = probe.kv_blocks or DEFAULT_KV_BLOCKS
     for _ in range(repeats):
         for label, plugin in (("vanilla", False), ("plugin", True)):
             llm = engines.get(plugin, kv_blocks)

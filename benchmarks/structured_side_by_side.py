@@ -1,6 +1,7 @@
 """JSON-schema decoding: vanilla vLLM (xgrammar) vs plugin masking vs plugin jump-forward.
 
-    python benchmarks/structured_side_by_side.py [--model small|tiny|real] [--requests 16] [--repeats 2]
+    python benchmarks/structured_side_by_side.py [--model small|tiny|real]
+        [--requests 16] [--repeats 2]
         [--out benchmarks/results]
 
 All three engines live in this process and decode the same greedy requests under a key-heavy

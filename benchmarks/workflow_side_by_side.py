@@ -1,7 +1,8 @@
 """Agent workflows on a real engine: vanilla vLLM vs the plugin's LRU, workflow eviction,
 workflow eviction + host tier, and workflow eviction + host tier + prefetch, in one run.
 
-    python benchmarks/workflow_side_by_side.py [--model small|tiny|real] [--agents 6] [--workflows 6]
+    python benchmarks/workflow_side_by_side.py [--model small|tiny|real]
+        [--agents 6] [--workflows 6]
         [--concurrency 1,16] [--sides vanilla,plugin_workflow,...] [--out benchmarks/results]
 
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
