@@ -109,9 +109,10 @@ def _error_vs_float64(
 def error_bound(dtype: torch.dtype, reduction_len: int) -> float:
     """Relative error allowed for attention in `dtype` over `reduction_len` keys.
 
-    Rounding the output and the probabilities P to the model dtype costs a few unit
-    roundoffs u of that dtype, independent of length (P sums to one); the float32
-    accumulations add about sqrt(L) float32 roundoffs. Constants leave a 4x margin.
+    Rounding P and the output to the model dtype costs at most u each (u: the dtype's unit
+    roundoff), independent of length because P sums to one; float32 accumulation over L keys
+    adds about sqrt(L) float32 roundoffs. Both terms get 2x headroom. Measured on AVX-512
+    (no AMX), bf16: CPU_ATTN 1.8e-3, Triton 6.0e-3 against 1.6e-2; float32: about 2e-7.
     """
     u = torch.finfo(dtype).eps / 2
     u32 = torch.finfo(torch.float32).eps / 2
