@@ -1,6 +1,7 @@
 """Vanilla vLLM (prefix caching on) vs vLLM + radix_plugin, in one run, on a real engine.
 
-    python benchmarks/engine_side_by_side.py [--model small] [--workloads a,b] [--repeats 2]
+    python benchmarks/engine_side_by_side.py [--model small|tiny|real]
+        [--workloads a,b] [--repeats 2]
         [--scale 1.0] [--scheduler-steps] [--out benchmarks/results]
 
 Both engines live in this process and run each workload alternately (vanilla, plugin,
@@ -21,8 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_workloads import WORKLOADS, RunStats, run
-from results_io import machine, write_results
+from results_io import machine, model_choices, result_name, write_results
 
+DEFAULT_KV_BLOCKS = 2048  # KV pool of workloads that do not set their own
 PLUGIN_ARGS = {
     "scheduler_cls": "radix_plugin.RadixScheduler",
     "additional_config": {"radix_plugin": {"eviction": "adaptive", "schedule": "lpm"}},
@@ -68,7 +70,7 @@ def vocab_size(llm: Any) -> int:
 def compare_workload(engines: Engines, name: str, repeats: int, scale: float) -> dict:
     runs: dict[str, list[RunStats]] = {"vanilla": [], "plugin": []}
     probe = WORKLOADS[name](vocab=1000, scale=scale)
-    kv_blocks = probe.kv_blocks or 2048
+    kv_blocks = probe.kv_blocks or DEFAULT_KV_BLOCKS
     for _ in range(repeats):
         for label, plugin in (("vanilla", False), ("plugin", True)):
             llm = engines.get(plugin, kv_blocks)
@@ -149,7 +151,7 @@ def render_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="small")
+    ap.add_argument("--model", default="small", choices=model_choices())
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink/grow every workload")
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {k} | {v['vanilla']:.0f} | {v['plugin']:.0f} | {v['ratio']:.2f}x |"
                 for k, v in steps.items()
             ]
-        write_results(args.out, "engine_side_by_side", payload, "\n".join(md))
+        name = result_name("engine_side_by_side", args.model)
+        write_results(args.out, name, payload, "\n".join(md))
     return 0
 
 

@@ -20,6 +20,18 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {engine}"
 
 
+def model_choices() -> list[str]:
+    """Every model `--model` accepts: the random-weight test models and the pretrained one."""
+    from radix_plugin.testing.models import all_model_names
+
+    return all_model_names()
+
+
+def result_name(base: str, model: str, default_model: str = "small") -> str:
+    """Result file name: ``base`` for the default model (existing files), else suffixed."""
+    return base if model == default_model else f"{base}_{model}"
+
+
 def write_results(out_dir: str | Path, name: str, payload: Any, markdown: str) -> Path:
     """Write ``name.json`` and ``name.md`` under ``out_dir``; returns the directory."""
     out = Path(out_dir)

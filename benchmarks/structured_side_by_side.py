@@ -1,6 +1,7 @@
 """JSON-schema decoding: vanilla vLLM (xgrammar) vs plugin masking vs plugin jump-forward.
 
-    python benchmarks/structured_side_by_side.py [--model small] [--requests 16] [--repeats 2]
+    python benchmarks/structured_side_by_side.py [--model small|tiny|real]
+        [--requests 16] [--repeats 2]
         [--out benchmarks/results]
 
 All three engines live in this process and decode the same greedy requests under a key-heavy
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from results_io import machine, write_results
+from results_io import machine, model_choices, result_name, write_results
 
 SCHEMA = {
     "type": "object",
@@ -174,7 +175,7 @@ def _valid(text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="small")
+    ap.add_argument("--model", default="small", choices=model_choices())
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_results(
             args.out,
-            "structured_side_by_side",
+            result_name("structured_side_by_side", args.model),
             {"meta": meta, "summary": summary, "runs": runs},
             "# JSON-schema decoding side by side (real engine, CPU)\n\n"
             f"{meta}\n\nKey-heavy schema (6 long keys), greedy.\n\n{table}",

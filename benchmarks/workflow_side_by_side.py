@@ -1,7 +1,8 @@
 """Agent workflows on a real engine: vanilla vLLM vs the plugin's LRU, workflow eviction,
 workflow eviction + host tier, and workflow eviction + host tier + prefetch, in one run.
 
-    python benchmarks/workflow_side_by_side.py [--model small] [--agents 6] [--workflows 6]
+    python benchmarks/workflow_side_by_side.py [--model small|tiny|real]
+        [--agents 6] [--workflows 6]
         [--concurrency 1,16] [--sides vanilla,plugin_workflow,...] [--out benchmarks/results]
 
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_io import machine, write_results
+from results_io import machine, model_choices, result_name, write_results
 
 MAX_MODEL_LEN = 8192
 BLOCK = 32
@@ -214,18 +215,21 @@ def _prompt_range(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="small")
+    ap.add_argument("--model", default="small", choices=model_choices())
     ap.add_argument("--agents", type=int, default=6)
     ap.add_argument("--workflows", type=int, default=6, help="at least the concurrency")
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"from {', '.join(SIDES)}")
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
     ap.add_argument("--prompt-tokens", default="2048,4096", help="MIN,MAX agent prompt")
-    ap.add_argument("--name", default="workflow_side_by_side", help="result file name")
+    ap.add_argument(
+        "--name", default=None, help="result file name (default: workflow_side_by_side[_MODEL])"
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    args.name = args.name or result_name("workflow_side_by_side", args.model)
     if args.child:
         print(json.dumps(run_side(args.child, args, concurrencies)))
         return 0

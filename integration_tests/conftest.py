@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from radix_plugin.testing.cpu import cpu_report_lines
 from radix_plugin.testing.models import get_model_path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Numerical results depend on the CPU's ISA: name it after every run (shown with -q too)."""
+    terminalreporter.write_sep("-", "cpu")
+    for line in cpu_report_lines():
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,11 @@
-"""Our Triton attention backend inside a real vLLM CPU engine gives CPU_ATTN's greedy tokens.
+"""Our Triton attention backend inside a real vLLM CPU engine is as exact as vLLM's CPU_ATTN.
+
+Each backend's every attention call (every layer, every step) is compared with a float64
+reference computed on that call's own inputs (query, and the K/V the call's sequences read
+through the block table), with a bound derived from the dtype, not from one machine: CPU_ATTN
+picks a different kernel per ISA (AMX on Sapphire Rapids, AVX-512 elsewhere), and comparing the
+two backends with each other layer after layer compounds both errors. Greedy tokens must agree
+across backends only in float32, where rounding cannot flip a choice.
 
 How the backend gets into a CPU engine: vLLM's CPU platform ignores `--attention-backend` and
 always returns `AttentionBackendEnum.CPU_ATTN.get_path()`, which honours registry overrides.
@@ -51,7 +58,68 @@ def _prompts() -> tuple[list[list[int]], list[list[int]]]:
     return first, second
 
 
-def _child(mode: str, out_dir: str, dtypes: list[str]) -> None:
+def _error_vs_float64(
+    impl: Any,
+    shadow: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata: Any,
+    output: torch.Tensor,
+) -> tuple[float, int]:
+    """Relative error of one call's output vs float64 attention, and its longest sequence.
+
+    Both backends take the logical cache [blocks, kv_heads, block_size, 2 * head_dim] and the
+    same metadata fields; the reference reads K/V through the block table from the shadow.
+    """
+    n = metadata.num_actual_tokens
+    heads, dim = impl.num_heads, impl.head_size
+    block_size = kv_cache.shape[2]
+    if id(impl) not in shadow:
+        slots = kv_cache.shape[0] * block_size
+        shadow[id(impl)] = (
+            torch.zeros(slots, impl.num_kv_heads, dim, dtype=torch.float64),
+            torch.zeros(slots, impl.num_kv_heads, dim, dtype=torch.float64),
+        )
+    k_all, v_all = shadow[id(impl)]
+    slot_mapping = metadata.slot_mapping[:n].long()
+    valid = slot_mapping >= 0
+    k_all[slot_mapping[valid]] = key[:n][valid].double()
+    v_all[slot_mapping[valid]] = value[:n][valid].double()
+    q = query[:n].reshape(n, heads, dim).double()
+    ref = torch.empty_like(q)
+    qsl, seq_lens = metadata.query_start_loc.tolist(), metadata.seq_lens.tolist()
+    group = heads // impl.num_kv_heads
+    for i, seq_len in enumerate(seq_lens):
+        start, end = qsl[i], qsl[i + 1]
+        positions = torch.arange(seq_len)
+        slots = metadata.block_table[i, positions // block_size].long() * block_size
+        slots += positions % block_size
+        k = k_all[slots].repeat_interleave(group, dim=1)  # [seq, heads, dim]
+        v = v_all[slots].repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], k) * impl.scale
+        q_pos = torch.arange(seq_len - (end - start), seq_len)
+        scores.masked_fill_(positions[None, None, :] > q_pos[None, :, None], float("-inf"))
+        ref[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
+    mine = output[:n].reshape(n, heads, dim).double()
+    return float((mine - ref).norm() / ref.norm()), max(seq_lens)
+
+
+def error_bound(dtype: torch.dtype, reduction_len: int) -> float:
+    """Relative error allowed for attention in `dtype` over `reduction_len` keys.
+
+    Rounding P and the output to the model dtype costs at most u each (u: the dtype's unit
+    roundoff), independent of length because P sums to one; float32 accumulation over L keys
+    adds about sqrt(L) float32 roundoffs. Both terms get 2x headroom. Measured on AVX-512
+    (no AMX), bf16: CPU_ATTN 1.8e-3, Triton 6.0e-3 against 1.6e-2; float32: about 2e-7.
+    """
+    u = torch.finfo(dtype).eps / 2
+    u32 = torch.finfo(torch.float32).eps / 2
+    return 4 * u + 4 * reduction_len**0.5 * u32
+
+
+def _child(mode: str, dtypes: list[str]) -> None:
     """Run one engine per dtype and print greedy tokens and kernel statistics as JSON lines."""
     stats: dict[str, int] = {}
     if mode == "triton":
@@ -80,28 +148,44 @@ def _child(mode: str, out_dir: str, dtypes: list[str]) -> None:
 
     from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
 
-    # Record every attention layer output of every step, to compare the two backends call by
-    # call: the random-weight tiny model's greedy tokens alone barely depend on attention.
-    records: list[torch.Tensor] = []
+    # Every attention call's output against a float64 reference on the same inputs. The
+    # shadow cache holds, per layer, the K/V of every slot written so far (the cache stores
+    # them in the model dtype, so upcasting the layer's inputs gives the cached values).
+    errors: list[tuple[float, int]] = []
+    shadow: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if mode == "triton":
         from radix_plugin.worker.attention.backend import RadixTritonAttentionImpl as impl_cls
     else:
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl as impl_cls
     original_forward = impl_cls.forward
 
-    def recording_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original_forward(self, *args, **kwargs)
-        metadata = args[5] if len(args) > 5 else kwargs["attn_metadata"]
-        output = kwargs["output"] if "output" in kwargs else args[6]
-        if metadata is not None:
-            records.append(output[: metadata.num_actual_tokens].float().clone())
+    def checking_forward(
+        self: Any,
+        layer: Any,
+        query: Any,
+        key: Any,
+        value: Any,
+        kv_cache: Any,
+        attn_metadata: Any,
+        output: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        result = original_forward(
+            self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs
+        )
+        if attn_metadata is not None:
+            errors.append(
+                _error_vs_float64(self, shadow, query, key, value, kv_cache, attn_metadata, output)
+            )
         return result
 
-    impl_cls.forward = recording_forward
+    impl_cls.forward = checking_forward
 
     for dtype in dtypes:
         stats.update(calls=0, extend_on_prefix=0, mixed=0, decode_only=0)
-        records.clear()
+        errors.clear()
+        shadow.clear()
         kwargs = cpu_llm_kwargs(
             "tiny", dtype=dtype, max_num_batched_tokens=64, enable_prefix_caching=True,
             max_model_len=512,
@@ -116,27 +200,25 @@ def _child(mode: str, out_dir: str, dtypes: list[str]) -> None:
             tokens += [list(o.outputs[0].token_ids) for o in outs]
             hits = [o.num_cached_tokens or 0 for o in outs]
         shutdown_llm(llm)
-        records_path = Path(out_dir) / f"{mode}-{dtype}.pt"
-        torch.save(records, records_path)
         result = {
             "dtype": dtype,
             "tokens": tokens,
             "stats": dict(stats),
             "cpu_attn_path": AttentionBackendEnum.CPU_ATTN.get_path(),
             "hits": hits,
-            "records": str(records_path),
+            "errors": errors,
         }
         print("RESULT " + json.dumps(result), flush=True)
 
 
-def _start_child(mode: str, out_dir: Path, dtypes: list[str]) -> subprocess.Popen[str]:
+def _start_child(mode: str, dtypes: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ)
     env.pop("RADIX_PLUGIN_CPU_ATTENTION", None)
     if mode == "triton":
         env["RADIX_PLUGIN_CPU_ATTENTION"] = "triton"
         env["TRITON_INTERPRET"] = "1"
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), mode, str(out_dir), *dtypes],
+        [sys.executable, str(Path(__file__).resolve()), mode, *dtypes],
         env=env,
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.PIPE,
@@ -162,27 +244,35 @@ def _collect(mode: str, proc: subprocess.Popen[str]) -> dict[str, dict[str, Any]
 
 
 DTYPES = ["float32", "bfloat16"]
-# Two independent implementations, both rounding P and the output to the model dtype in bf16.
-ATTENTION_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
 @pytest.fixture(scope="module")
-def engine_runs(
-    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict[str, dict[str, Any]]]:
+def engine_runs(tiny_model_path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Both engines per dtype; the two children run concurrently (each uses one thread)."""
-    out_dir = tmp_path_factory.mktemp("attention_backend")
-    procs = {mode: _start_child(mode, out_dir, DTYPES) for mode in ("native", "triton")}
+    procs = {mode: _start_child(mode, DTYPES) for mode in ("native", "triton")}
     return {mode: _collect(mode, proc) for mode, proc in procs.items()}
 
 
+@pytest.mark.parametrize("mode", ["native", "triton"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_triton_backend_matches_cpu_attn_greedy_tokens(
+def test_every_attention_call_matches_float64(
+    engine_runs: dict[str, dict[str, dict[str, Any]]], dtype: str, mode: str
+) -> None:
+    run = engine_runs[mode][dtype]
+    errors = run["errors"]
+    assert len(errors) >= 2 * 2 * MAX_TOKENS  # 2 layers, 2 waves, every decode step
+    worst = max(errors, key=lambda e: e[0] / error_bound(getattr(torch, dtype), e[1]))
+    bound = error_bound(getattr(torch, dtype), worst[1])
+    print(f"{mode} {dtype}: worst relative error vs float64 {worst[0]:.2e} (bound {bound:.2e})")
+    assert worst[0] <= bound, (worst, bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_backend_runs_every_batch_shape(
     engine_runs: dict[str, dict[str, dict[str, Any]]], dtype: str
 ) -> None:
     baseline = engine_runs["native"][dtype]
     triton = engine_runs["triton"][dtype]
-
     assert "cpu_attn.CPUAttentionBackend" in baseline["cpu_attn_path"]
     assert (
         triton["cpu_attn_path"]
@@ -193,22 +283,16 @@ def test_triton_backend_matches_cpu_attn_greedy_tokens(
     assert stats["calls"] > 0 and stats["decode_only"] > 0, stats
     assert stats["extend_on_prefix"] > 0, stats
     assert stats["mixed"] > 0, stats
+    assert len(triton["errors"]) == stats["calls"]  # every call was checked
     assert min(triton["hits"][:2]) >= 64, triton["hits"]  # second wave reused the prefix
     assert all(len(t) == MAX_TOKENS for t in triton["tokens"])
 
-    # Call-by-call attention outputs (every layer, every step) against CPU_ATTN's.
-    ours = torch.load(triton["records"])
-    theirs = torch.load(baseline["records"])
-    assert len(ours) == len(theirs) == stats["calls"]  # one record per layer per step
-    errors = []
-    for mine, ref in zip(ours, theirs, strict=True):
-        assert mine.shape == ref.shape
-        errors.append(float((mine - ref).norm() / ref.norm()))
-    print(f"{dtype}: max per-call relative error vs CPU_ATTN {max(errors):.2e}")
-    assert max(errors) <= ATTENTION_TOLERANCE[dtype], errors
 
-    assert triton["tokens"] == baseline["tokens"]
+def test_float32_greedy_tokens_match_cpu_attn(
+    engine_runs: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    assert engine_runs["triton"]["float32"]["tokens"] == engine_runs["native"]["float32"]["tokens"]
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], sys.argv[3:])
+    _child(sys.argv[1], sys.argv[2:])

@@ -47,6 +47,9 @@ def _engine(jump_forward: bool) -> LLM:
     return LLM(
         **cpu_llm_kwargs(
             "tiny",
+            # Float32: jump-forward's verify pass and plain decoding must pick the same greedy
+            # tokens, and bf16 rounding (which differs per CPU ISA) could flip a near-tie.
+            dtype="float32",
             max_model_len=1024,
             enable_prefix_caching=True,
             scheduler_cls="radix_plugin.RadixScheduler",

@@ -19,6 +19,9 @@ from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
 BLOCK = 32
 NUM_BLOCKS = 80  # 2,560 tokens of KV: a few long requests fill it
 ENGINE_ARGS = dict(
+    # Float32: greedy tokens are compared across batch and chunk shapes, and bf16 rounding
+    # (which differs per CPU ISA) could flip a near-tie between them.
+    dtype="float32",
     max_model_len=1024,
     block_size=BLOCK,
     num_kv_blocks=NUM_BLOCKS,

@@ -25,6 +25,10 @@ HOST_TIER = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     flags = [
+        # Float32: warm and cold answers must match across batch shapes, and bf16 rounding
+        # (which differs per CPU ISA) could flip a near-tie.
+        "--dtype",
+        "float32",
         "--max-num-seqs",
         "4",
         "--scheduler-cls",

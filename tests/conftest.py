@@ -6,3 +6,14 @@ in their own pytest process without it."""
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+
+from radix_plugin.testing.cpu import cpu_report_lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Kernel tolerances depend on the CPU's ISA: name it after every run (shown with -q too)."""
+    terminalreporter.write_sep("-", "cpu")
+    for line in cpu_report_lines():
+        terminalreporter.write_line(line)

