@@ -15,7 +15,10 @@ import radix_plugin.worker.kernels.prefix_attention  # binds nothing on the pack
 # name -> (defining module, a phrase its docstring must contain)
 PUBLIC = {
     "prefix_attention": ("radix_plugin.worker.kernels.prefix_attention", "attention"),
-    "decode_attention": ("radix_plugin.worker.kernels.decode_attention", "query length is exactly 1"),
+    "decode_attention": (
+        "radix_plugin.worker.kernels.decode_attention",
+        "query length is exactly 1",
+    ),
     "write_kv_cache": ("radix_plugin.worker.kernels.kv_cache_write", "cache"),
     "apply_token_bitmask_inplace": ("radix_plugin.worker.kernels.token_bitmask", "mask"),
     "prefix_attention_ref": ("radix_plugin.worker.kernels.reference", "attention"),
