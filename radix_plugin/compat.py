@@ -13,6 +13,8 @@ where they are; what vLLM does not expose is reached only through this module:
 - ``BlockPool._remove_cached_block_hashes`` / ``_insert_block_hash`` and the duck-typed
   ``free_block_queue`` (``BlockPoolSeam``).
 - ``KVConnectorBase_V1._get_connector_metadata`` (the step's metadata in the worker).
+- ``EngineArgs.create_engine_config`` runs the plugin's config check first, in the user's
+  process, before any engine core starts (``install_engine_args_check``).
 - ``StructuredOutputsParams._backend``, ``Request.status`` and
   ``StructuredOutputManager._get_constraint_bounds`` (scheduler-side grammars for
   jump-forward).
@@ -28,7 +30,7 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vllm.v1.core.block_pool import BlockPool
@@ -205,3 +207,32 @@ def grammar_constrains_next_token(request: Request, manager: StructuredOutputMan
     """True once the grammar constrains the next token (a reasoning section, if any, ended),
     from ``StructuredOutputManager._get_constraint_bounds``."""
     return manager._get_constraint_bounds(request, ()).constraint_start == 0
+
+
+# --- config (vLLM 0.32.0: engine/arg_utils.py) ------------------------------------------
+
+
+def install_engine_args_check(check: Callable[[Any, Any], None]) -> None:
+    """Call ``check(scheduler_cls, additional_config)`` before vLLM builds a ``VllmConfig``
+    from ``EngineArgs`` (idempotent).
+
+    vLLM 0.32.0 builds the config in the process the user started (``LLM(...)``, the API
+    server) and only then starts the engine core, which loads the weights before it builds
+    the scheduler. Checking here makes a bad ``--additional-config`` raise our own message
+    to the user in seconds instead of the engine core dying minutes later.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    current = EngineArgs.create_engine_config
+    if getattr(current, "_radix_check", None) is check:
+        return
+    original = getattr(current, "_radix_original", current)
+
+    @functools.wraps(original)
+    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check(self.scheduler_cls, self.additional_config)
+        return original(self, *args, **kwargs)
+
+    create_engine_config._radix_original = original  # type: ignore[attr-defined]
+    create_engine_config._radix_check = check  # type: ignore[attr-defined]
+    EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]

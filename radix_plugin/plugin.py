@@ -2,7 +2,10 @@
 
 vLLM calls `register()` once in every process (API server, engine core, each worker) before
 any config exists, so it must be cheap and idempotent and must not enable anything: the plugin
-only takes effect when the user passes `--scheduler-cls radix_plugin.RadixScheduler`.
+only takes effect when the user passes `--scheduler-cls radix_plugin.RadixScheduler`. The one
+thing it adds to every process is the plugin's config check when vLLM builds its config
+(it does nothing unless that scheduler is named), so a bad `--additional-config` fails in the
+user's process before weights load.
 """
 
 from __future__ import annotations
@@ -20,3 +23,8 @@ def register() -> None:
     from radix_plugin.worker.attention.registration import register_attention_backends
 
     register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
+
+    from radix_plugin.compat import install_engine_args_check
+    from radix_plugin.core.config import check_plugin_config
+
+    install_engine_args_check(check_plugin_config)
