@@ -13,6 +13,8 @@ from typing import Any
 from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy, make_ordering
 
 CONFIG_KEY = "radix_plugin"
+JUMP_FORWARD_PROPOSER = "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer"
+"""The ``--speculative-config`` model that turns jump-forward drafts on (no draft model)."""
 
 
 class RadixConfigError(ValueError):

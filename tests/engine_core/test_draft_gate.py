@@ -62,3 +62,15 @@ def test_no_drafts_are_offered_while_a_sampled_request_waits() -> None:
     _step(scheduler)
     scheduler.add_request(_request("sampled", 0.8))  # waiting, not running
     assert not scheduler._radix_drafts_safe()
+
+
+def test_no_drafts_while_a_min_p_or_logit_bias_request_is_unfinished() -> None:
+    """vLLM verifies drafts without those processors: such requests need draft-free batches."""
+    scheduler = build(False, {"eviction": "lru"}, speculative_config=SPEC)
+    scheduler.add_request(_request("greedy", 0.0))
+    _step(scheduler)
+    assert scheduler._radix_drafts_safe()
+    biased = _request("biased", 0.0)
+    biased.sampling_params.logit_bias = {5: 10.0}
+    scheduler.add_request(biased)
+    assert not scheduler._radix_drafts_safe()
