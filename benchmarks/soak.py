@@ -45,11 +45,15 @@ SCHEMA = {
 }
 GRAPH = AgentStepGraph.from_steps(["planner", "coder", "critic"], loop=True)
 CLIENT_TIMEOUT_S = 180
+# Alternate windows: all-greedy (jump-forward drafts run) and mixed (drafts must stop), so
+# the switch between them, where issue 12's token-0 failures came from, happens often.
+PHASE_S = 15
+DRAFT_METRICS = ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
 
 
 def _agent_prompt(agent: str) -> str:
-    # ~700 tokens each: three agents and a few pinned prompts overflow the pool.
-    return " ".join(f"{agent} note {i}: value {i * 7 % 31}." for i in range(110))
+    # ~600 tokens each: three agents and a few pinned prompts overflow the pool.
+    return " ".join(f"{agent} note {i}: value {i * 7 % 31}." for i in range(50))
 
 
 def _bodies(rng: random.Random, model: str, step: int) -> tuple[str, dict[str, Any]]:
@@ -80,10 +84,12 @@ def _bodies(rng: random.Random, model: str, step: int) -> tuple[str, dict[str, A
     else:
         body = {**base, "prompt": _agent_prompt("stream"), "temperature": 0.8}
         body.update(max_tokens=64, stream=True)
+    if int(time.monotonic() // PHASE_S) % 2 == 0:
+        body["temperature"] = 0
     return kind, body
 
 
-def _post(base: str, body: dict[str, Any]) -> int:
+def _post(base: str, body: dict[str, Any]) -> tuple[int, str]:
     request = urllib.request.Request(
         base + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
@@ -91,11 +97,11 @@ def _post(base: str, body: dict[str, Any]) -> int:
         with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as reply:
             if body.get("stream"):
                 reply.readline()  # first chunk, then hang up mid-stream
-                return -1
+                return -1, ""
             reply.read()
-            return reply.status
+            return reply.status, ""
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, exc.read().decode(errors="replace")[:200]
 
 
 def _metric(base: str, name: str) -> float:
@@ -130,9 +136,11 @@ def _idle(base: str, timeout_s: float = 120) -> float:
 
 
 def _snapshot(base: str, proc: psutil.Process) -> dict[str, float]:
+    counters = ("vllm:prefix_cache_hits", "vllm:external_prefix_cache_hits", *DRAFT_METRICS)
     return {
         "kv_cache_usage_perc": _metric(base, "vllm:kv_cache_usage_perc"),
         "rss_mib": _rss_mib(proc),
+        **{name.split(":")[1]: _metric(base, name + "_total") for name in counters},
     }
 
 
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 kind, body = _bodies(rng, model, step)
                 step += 1
                 try:
-                    status = _post(base, body)
+                    status, detail = _post(base, body)
                 except (TimeoutError, OSError, http.client.HTTPException) as exc:
                     with lock:
                         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
@@ -170,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 with lock:
                     counts[f"{kind}:{status}"] += 1
                     if status >= 500 or (status >= 400 and kind != "disconnect"):
-                        errors.append(f"{kind}: HTTP {status}")
+                        errors.append(f"{kind}: HTTP {status} {detail}")
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(args.concurrency)]
         start = time.monotonic()
@@ -208,12 +216,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in result["by_kind_status"].items())
     b, a = result["idle_before"], result["idle_after"]
+    delta = {key: f"{a[key] - b[key]:.0f}" for key in b if key not in ("kv_cache_usage_perc",)}
     return f"""# Soak: mixed traffic on the full plugin server
 
 {result["machine"]}; model `{result["model"]}`, {result["concurrency"]} concurrent clients,
 {result["kv_blocks"]}-block KV pool, {result["duration_s"]} s of load (`make soak`).
-Greedy/sampled, radix grammar / vLLM structured output / plain, workflow-tagged, pinned,
-and mid-stream disconnects (`-1`: the client hung up after the first chunk, by design).
+Greedy/sampled (alternating {PHASE_S} s windows: all greedy, then mixed), radix grammar /
+vLLM structured output / plain, workflow-tagged, pinned, and mid-stream disconnects (`-1`:
+the client hung up after the first chunk, by design).
 
 | | value |
 |---|---|
@@ -224,6 +234,10 @@ and mid-stream disconnects (`-1`: the client hung up after the first chunk, by d
 | idle KV usage before / after | {b["kv_cache_usage_perc"]:.3f} / {a["kv_cache_usage_perc"]:.3f} |
 | server RSS before / after (MiB) | {b["rss_mib"]} / {a["rss_mib"]} |
 | server alive at the end | {result["server_alive"]} |
+| jump-forward draft tokens (accepted) | {delta["spec_decode_num_draft_tokens"]} \
+({delta["spec_decode_num_accepted_tokens"]}) |
+| prefix-cache hit tokens: device / host tier | {delta["prefix_cache_hits"]} \
+/ {delta["external_prefix_cache_hits"]} |
 
 | kind:status | requests |
 |---|---|
