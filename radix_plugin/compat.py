@@ -271,35 +271,38 @@ def allow_plain_sampling_with_drafts(jump_forward_only: Callable[[Any], bool]) -
         _validate_spec_decode._radix_original = validate  # type: ignore[attr-defined]
         sampling_params.SamplingParams._validate_spec_decode = _validate_spec_decode  # type: ignore[method-assign]
 
-    build = logits_processor.build_logitsprocs
-    if getattr(build, "_radix_original", None) is None:
-
-        @functools.wraps(build)
-        def build_logitsprocs(
-            vllm_config: Any,
-            device: Any,
-            is_pin_memory: bool,
-            is_pooling_model: bool,
-            custom_logitsprocs: Any = (),
-        ) -> Any:
-            spec = vllm_config.speculative_config
-            if (
-                spec is None
-                or is_pooling_model
-                or custom_logitsprocs
-                or not jump_forward_only(spec)
-            ):
-                return build(
-                    vllm_config, device, is_pin_memory, is_pooling_model, custom_logitsprocs
-                )
-            return logits_processor.LogitsProcessors(
-                ctor(vllm_config, device, is_pin_memory)
-                for ctor in logits_processor.BUILTIN_LOGITS_PROCESSORS
-            )
-
-        build_logitsprocs._radix_original = build  # type: ignore[attr-defined]
-        logits_processor.build_logitsprocs = build_logitsprocs
-        build = build_logitsprocs
+    if getattr(logits_processor.build_logitsprocs, "_radix_original", None) is None:
+        logits_processor.build_logitsprocs = _plain_sampling_logitsprocs(
+            logits_processor, jump_forward_only
+        )
     runner = sys.modules.get("vllm.v1.worker.gpu_model_runner")
     if runner is not None:
-        runner.build_logitsprocs = build  # type: ignore[attr-defined]
+        runner.build_logitsprocs = logits_processor.build_logitsprocs  # type: ignore[attr-defined]
+
+
+def _plain_sampling_logitsprocs(
+    logits_processor: Any, jump_forward_only: Callable[[Any], bool]
+) -> Callable[..., Any]:
+    """``build_logitsprocs`` building every built-in processor under jump-forward drafts."""
+    original = logits_processor.build_logitsprocs
+
+    @functools.wraps(original)
+    def build_logitsprocs(
+        vllm_config: Any,
+        device: Any,
+        is_pin_memory: bool,
+        is_pooling_model: bool,
+        custom_logitsprocs: Any = (),
+    ) -> Any:
+        spec = vllm_config.speculative_config
+        if spec is None or is_pooling_model or custom_logitsprocs or not jump_forward_only(spec):
+            return original(
+                vllm_config, device, is_pin_memory, is_pooling_model, custom_logitsprocs
+            )
+        return logits_processor.LogitsProcessors(
+            ctor(vllm_config, device, is_pin_memory)
+            for ctor in logits_processor.BUILTIN_LOGITS_PROCESSORS
+        )
+
+    build_logitsprocs._radix_original = original  # type: ignore[attr-defined]
+    return build_logitsprocs
