@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radix-plugin-installed
 
-.PHONY: setup demo test lint bench models clean
+.PHONY: setup demo test lint bench soak models clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest -q benchmarks/micro --benchmark-only
+
+# Not in `make test`: about 7 minutes of mixed load on the full plugin server (SOAK_S to change).
+SOAK_S ?= 300
+soak: setup
+	$(PY) benchmarks/soak.py --duration $(SOAK_S)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -157,16 +158,17 @@ def test_bad_grammar_and_bad_hints_get_400_while_good_requests_complete(server: 
     assert hint_code == 400 and "radix_priority must be an integer" in hint_body
 
 
-def test_bad_config_exits_with_clear_error() -> None:
+def test_bad_config_exits_before_the_engine_starts_with_every_bad_value_last() -> None:
+    start = time.monotonic()
     proc = subprocess.run(
-        _server_cmd(get_model_path("tiny"), free_port(), {"eviction": "mru"}),
+        _server_cmd(get_model_path("tiny"), free_port(), {"eviction": "mru", "max_wait_steps": 0}),
         capture_output=True,
         text=True,
         env=server_env(),
         timeout=STARTUP_TIMEOUT_S,
     )
     assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert (
-        "unknown eviction policy 'mru'; valid choices: adaptive, lfu, lru, pinned, priority" in out
-    )
+    last = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-1]
+    assert "unknown eviction policy 'mru'; valid choices: adaptive, lfu, lru, pinned" in last
+    assert "max_wait_steps must be >= 1, got 0" in last
+    assert time.monotonic() - start < 60  # the engine core never started

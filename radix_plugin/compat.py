@@ -19,6 +19,11 @@ where they are; what vLLM does not expose is reached only through this module:
   pin stats ride in its one free-form ``dict[str, int]``, ``num_kv_fetch_reqs_by_stage``,
   under ``radix_plugin:`` keys that the plugin's stat logger takes out again before
   vLLM's loggers read it (``put_pin_stats`` / ``take_pin_stats``).
+- ``EngineArgs.create_engine_config`` runs the plugin's config check first, in the user's
+  process, before any engine core starts (``install_engine_args_check``).
+- ``SamplingParams._validate_spec_decode`` and ``build_logitsprocs`` (module level, and as
+  imported by ``gpu_model_runner``) let ``min_p`` / ``logit_bias`` through when the only
+  drafts are jump-forward's (``allow_plain_sampling_with_drafts``).
 - ``StructuredOutputsParams._backend``, ``Request.status`` and
   ``StructuredOutputManager._get_constraint_bounds`` (scheduler-side grammars for
   jump-forward).
@@ -34,7 +39,8 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vllm.v1.core.block_pool import BlockPool
@@ -249,3 +255,98 @@ def take_pin_stats(scheduler_stats: Any) -> dict[str, int] | None:
     if not ours:
         return None
     return {k.removeprefix(PIN_STATS_KEY_PREFIX): carrier.pop(k) for k in ours}
+
+
+# --- config (vLLM 0.32.0: engine/arg_utils.py) ------------------------------------------
+
+
+def install_engine_args_check(check: Callable[[Any, Any], None]) -> None:
+    """Call ``check(scheduler_cls, additional_config)`` before vLLM builds a ``VllmConfig``
+    from ``EngineArgs`` (idempotent).
+
+    vLLM 0.32.0 builds the config in the process the user started (``LLM(...)``, the API
+    server) and only then starts the engine core, which loads the weights before it builds
+    the scheduler. Checking here makes a bad ``--additional-config`` raise our own message
+    to the user in seconds instead of the engine core dying minutes later.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    current = EngineArgs.create_engine_config
+    if getattr(current, "_radix_check", None) is check:
+        return
+    original = getattr(current, "_radix_original", current)
+
+    @functools.wraps(original)
+    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check(self.scheduler_cls, self.additional_config)
+        return original(self, *args, **kwargs)
+
+    create_engine_config._radix_original = original  # type: ignore[attr-defined]
+    create_engine_config._radix_check = check  # type: ignore[attr-defined]
+    EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]
+
+
+# --- min_p / logit_bias beside jump-forward drafts (vLLM 0.32.0: sampling_params.py,
+# v1/sample/logits_processor/__init__.py, v1/worker/gpu_model_runner.py) ------------------
+
+
+def allow_plain_sampling_with_drafts(jump_forward_only: Callable[[Any], bool]) -> None:
+    """Accept and apply ``min_p`` / ``logit_bias`` when ``jump_forward_only(spec_config)``.
+
+    vLLM 0.32.0 refuses both for every request once any speculative config is set, and its
+    workers then build only the min-tokens logits processor, because drafts are verified
+    without them. Jump-forward drafts are the plugin's own: its scheduler offers none while
+    a request with either parameter is unfinished, so those requests always run in plain
+    (draft-free) batches, where vLLM's sampler applies every built-in processor. Both
+    patches defer to vLLM for any other speculative config (idempotent).
+    """
+    from vllm import sampling_params
+    from vllm.v1.sample import logits_processor
+
+    validate = sampling_params.SamplingParams._validate_spec_decode
+    if getattr(validate, "_radix_original", None) is None:
+
+        @functools.wraps(validate)
+        def _validate_spec_decode(self: Any, speculative_config: Any) -> None:
+            if speculative_config is not None and jump_forward_only(speculative_config):
+                return
+            validate(self, speculative_config)
+
+        _validate_spec_decode._radix_original = validate  # type: ignore[attr-defined]
+        sampling_params.SamplingParams._validate_spec_decode = _validate_spec_decode  # type: ignore[method-assign]
+
+    if getattr(logits_processor.build_logitsprocs, "_radix_original", None) is None:
+        logits_processor.build_logitsprocs = _plain_sampling_logitsprocs(
+            logits_processor, jump_forward_only
+        )
+    runner = sys.modules.get("vllm.v1.worker.gpu_model_runner")
+    if runner is not None:
+        runner.build_logitsprocs = logits_processor.build_logitsprocs  # type: ignore[attr-defined]
+
+
+def _plain_sampling_logitsprocs(
+    logits_processor: Any, jump_forward_only: Callable[[Any], bool]
+) -> Callable[..., Any]:
+    """``build_logitsprocs`` building every built-in processor under jump-forward drafts."""
+    original = logits_processor.build_logitsprocs
+
+    @functools.wraps(original)
+    def build_logitsprocs(
+        vllm_config: Any,
+        device: Any,
+        is_pin_memory: bool,
+        is_pooling_model: bool,
+        custom_logitsprocs: Any = (),
+    ) -> Any:
+        spec = vllm_config.speculative_config
+        if spec is None or is_pooling_model or custom_logitsprocs or not jump_forward_only(spec):
+            return original(
+                vllm_config, device, is_pin_memory, is_pooling_model, custom_logitsprocs
+            )
+        return logits_processor.LogitsProcessors(
+            ctor(vllm_config, device, is_pin_memory)
+            for ctor in logits_processor.BUILTIN_LOGITS_PROCESSORS
+        )
+
+    build_logitsprocs._radix_original = original  # type: ignore[attr-defined]
+    return build_logitsprocs

@@ -15,6 +15,8 @@ from radix_plugin.core.hints import MAX_PIN_TTL_S
 from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy, make_ordering
 
 CONFIG_KEY = "radix_plugin"
+JUMP_FORWARD_PROPOSER = "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer"
+"""The ``--speculative-config`` model that turns jump-forward drafts on (no draft model)."""
 
 
 class RadixConfigError(ValueError):
@@ -52,7 +54,11 @@ class RadixPluginConfig:
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> RadixPluginConfig:
-        """Parse and validate the ``radix_plugin`` section (missing section: defaults)."""
+        """Parse and validate the ``radix_plugin`` section (missing section: defaults).
+
+        Every problem is reported in one ``RadixConfigError`` (joined by ``"; "``), so a user
+        fixing a config does not restart the engine once per typo.
+        """
         raw = {}
         if isinstance(additional_config, dict):
             raw = additional_config.get(CONFIG_KEY, {})
@@ -63,50 +69,76 @@ class RadixPluginConfig:
                 f"--additional-config {CONFIG_KEY!r} must be a JSON object, got {raw!r}"
             )
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        problems: list[str] = []
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise RadixConfigError(
+            problems.append(
                 f"unknown {CONFIG_KEY} setting(s) {', '.join(map(repr, unknown))}; "
                 f"valid settings: {', '.join(fields)}"
             )
+        typed = {}
         for name, value in raw.items():
-            _check_type(name, value, fields[name].type)
-        config = cls(**raw)
-        config._validate()
-        return config
+            if name in fields:
+                problem = _type_problem(name, value, fields[name].type)
+                if problem:
+                    problems.append(problem)
+                else:
+                    typed[name] = value
+        problems.extend(cls(**typed)._problems())
+        if problems:
+            raise RadixConfigError("; ".join(problems))
+        return cls(**typed)
 
     @classmethod
     def from_vllm_config(cls, vllm_config: Any) -> RadixPluginConfig:
         return cls.from_additional_config(getattr(vllm_config, "additional_config", None))
 
-    def _validate(self) -> None:
+    def _problems(self) -> list[str]:
+        problems = []
         try:
             make_eviction_policy(self.eviction, online=True, **self.eviction_options)
+        except (UnknownPolicyError, ValueError, TypeError) as exc:
+            problems.append(f"{CONFIG_KEY}: {exc}")
+        try:
             make_ordering(self.schedule, **self.schedule_options)
         except (UnknownPolicyError, ValueError, TypeError) as exc:
-            raise RadixConfigError(f"{CONFIG_KEY}: {exc}") from None
+            problems.append(f"{CONFIG_KEY}: {exc}")
         if self.max_wait_steps < 1:
-            raise RadixConfigError(
-                f"{CONFIG_KEY}: max_wait_steps must be >= 1, got {self.max_wait_steps}"
-            )
+            problems.append(f"{CONFIG_KEY}: max_wait_steps must be >= 1, got {self.max_wait_steps}")
         if self.host_tier_gib < 0:
-            raise RadixConfigError(
+            problems.append(
                 f"{CONFIG_KEY}: host_tier_gib must be >= 0 (0 = twice the device pool), "
                 f"got {self.host_tier_gib}"
             )
         if self.load_ahead_steps < 0:
-            raise RadixConfigError(
+            problems.append(
                 f"{CONFIG_KEY}: load_ahead_steps must be >= 0, got {self.load_ahead_steps}"
             )
         if not 0.0 <= self.pin_share <= 0.9:
-            raise RadixConfigError(
+            problems.append(
                 f"{CONFIG_KEY}: pin_share must be between 0 and 0.9, got {self.pin_share}"
             )
         if not (math.isfinite(self.pin_ttl_s) and 0.0 <= self.pin_ttl_s <= MAX_PIN_TTL_S):
-            raise RadixConfigError(
+            problems.append(
                 f"{CONFIG_KEY}: pin_ttl_s must be between 0 (no expiry) and "
                 f"{MAX_PIN_TTL_S:.0f} seconds, got {self.pin_ttl_s}"
             )
+        return problems
+
+
+def check_plugin_config(scheduler_cls: Any, additional_config: Any) -> None:
+    """Validate the plugin's config when ``scheduler_cls`` is the plugin's scheduler.
+
+    Run in the user's process while vLLM builds its config (see ``compat``), so a bad
+    ``--additional-config`` fails there, before the engine core starts and loads weights.
+    """
+    name = (
+        scheduler_cls
+        if isinstance(scheduler_cls, str)
+        else getattr(scheduler_cls, "__module__", "")
+    )
+    if isinstance(name, str) and name.startswith("radix_plugin"):
+        RadixPluginConfig.from_additional_config(additional_config)
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -118,11 +150,10 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _check_type(name: str, value: Any, annotation: Any) -> None:
+def _type_problem(name: str, value: Any, annotation: Any) -> str:
     expected = _TYPES[str(annotation)]
     wrong_bool = isinstance(value, bool) and expected in (int, (int, float))
     if wrong_bool or not isinstance(value, expected):
         expected_name = str(annotation).replace("dict[str, Any]", "object")
-        raise RadixConfigError(
-            f"{CONFIG_KEY}.{name} must be {expected_name}, got {type(value).__name__} {value!r}"
-        )
+        return f"{CONFIG_KEY}.{name} must be {expected_name}, got {type(value).__name__} {value!r}"
+    return ""

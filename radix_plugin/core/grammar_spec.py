@@ -25,6 +25,8 @@ XARG_REGEX = "radix_regex"
 XARG_EBNF = "radix_ebnf"
 XARG_CHOICE = "radix_choice"
 XARG_ANY_WHITESPACE = "radix_any_whitespace"
+# Admission parses the grammar on the API server's request path: bound the text it parses.
+MAX_GRAMMAR_SOURCE_CHARS = 256 * 1024
 
 
 class GrammarKind(str, enum.Enum):
@@ -95,6 +97,7 @@ def parse_grammar_spec(extra_args: Mapping[str, Any] | None) -> GrammarSpec | No
         )
     kind = _KIND_BY_KEY[present[0]]
     value = extra_args[present[0]]
+    _check_size(kind, value)
     any_whitespace = _parse_flag(extra_args.get(XARG_ANY_WHITESPACE, False))
     if any_whitespace and kind is not GrammarKind.JSON_SCHEMA:
         raise GrammarSpecError(
@@ -108,7 +111,16 @@ def parse_grammar_spec(extra_args: Mapping[str, Any] | None) -> GrammarSpec | No
         if not isinstance(value, str) or not value:
             raise GrammarSpecError(f"{kind.value} must be a non-empty string")
         source = value
+    _check_size(kind, source)
     return GrammarSpec(kind=kind, source=source, any_whitespace=any_whitespace)
+
+
+def _check_size(kind: GrammarKind, value: Any) -> None:
+    if isinstance(value, str) and len(value) > MAX_GRAMMAR_SOURCE_CHARS:
+        raise GrammarSpecError(
+            f"{kind.value} is {len(value)} characters; at most {MAX_GRAMMAR_SOURCE_CHARS} "
+            "are allowed"
+        )
 
 
 def _normalize_schema(value: Any) -> str:

@@ -27,6 +27,10 @@ XARG_UNPIN = "radix_unpin"
 XARG_PIN_TTL = "radix_pin_ttl"
 MAX_PIN_TTL_S = 30 * 24 * 3600.0
 """Longest ``radix_pin_ttl`` (and ``pin_ttl_s``) accepted: 30 days."""
+# Priorities are compared, never computed with: a 32-bit range is plenty and keeps a
+# 400-digit number from being parsed at all (int() of a long digit string is quadratic).
+MAX_PRIORITY = 2**31 - 1
+MAX_NAME_CHARS = 256
 
 
 class HintError(ValueError):
@@ -49,11 +53,7 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
     """Validate and normalise the cache hints of one request (other keys are ignored)."""
     if not extra_args:
         return RequestHints()
-    priority = extra_args.get(XARG_PRIORITY, 0)
-    if isinstance(priority, str) and priority.lstrip("-").isdigit():
-        priority = int(priority)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise HintError(f"{XARG_PRIORITY} must be an integer, got {priority!r}")
+    priority = _priority(extra_args.get(XARG_PRIORITY, 0))
     pin = parse_flag(extra_args.get(XARG_PIN, False))
     if pin is None:
         raise HintError(f"{XARG_PIN} must be a boolean, got {extra_args[XARG_PIN]!r}")
@@ -109,12 +109,39 @@ class RequestHintsMap:
         self._hints.pop(request_id, None)
 
 
+def _priority(value: Any) -> int:
+    if isinstance(value, str) and len(value) <= 12 and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HintError(f"{XARG_PRIORITY} must be an integer, got {_short(value)}")
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise HintError(f"{XARG_PRIORITY} must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+    return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: error messages echo hostile values bounded."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "<huge int>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _optional_str(extra_args: Mapping[str, Any], key: str) -> str | None:
     value = extra_args.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise HintError(f"{key} must be a string, got {value!r}")
+        raise HintError(f"{key} must be a string, got {_short(value)}")
+    if isinstance(value, int):
+        value = _int_name(key, value)
+    if not value or len(value) > MAX_NAME_CHARS:
+        raise HintError(f"{key} must be 1 to {MAX_NAME_CHARS} characters, got {_short(value)}")
+    return value
+
+
+def _int_name(key: str, value: int) -> str:
+    """An integer id (clients send numbers) as text, refusing ones too long to be a name."""
+    if abs(value) >= 10**MAX_NAME_CHARS:
+        raise HintError(f"{key} must be 1 to {MAX_NAME_CHARS} characters, got <huge int>")
     return str(value)
 
 

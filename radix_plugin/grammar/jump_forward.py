@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 
 REPLACEMENT_CHAR = "\ufffd"
 DEFAULT_TAIL_TOKENS = 4
+# Forced text can be as long as the grammar (a 200 KB `const`); only what fits in the token
+# cap is ever used, so only that much is tokenized. Generous per token: a short cut only
+# loses draft tokens, and the prefix-token trap drops a last token the cut may have split.
+CHARS_PER_TOKEN_CAP = 32
+MAX_JUMP_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ def find_forced_tokens(
     jump = matcher.find_jump_forward_string()
     if not jump:
         return ForcedContinuation()
+    limit = MAX_JUMP_CHARS if max_tokens is None else max_tokens * CHARS_PER_TOKEN_CAP
+    jump = jump[: min(limit, MAX_JUMP_CHARS)]
     tail = _clean_tail(tokenizer, output_ids, tail_tokens)
     standalone = _encode(tokenizer, jump)
     candidates: list[tuple[int, list[int]]] = []

@@ -8,6 +8,7 @@ with the same flags `vllm serve` takes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -71,6 +72,15 @@ def running_server(
     cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
 ) -> Iterator[str]:
     """Run `cmd` until the block exits; yields the base URL once /health answers."""
+    with server_process(cmd, port, log, timeout_s) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def server_process(
+    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`running_server`, also yielding the process (to watch its memory or liveness)."""
     out = log if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -86,10 +96,39 @@ def running_server(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start in {timeout_s:.0f} s") from None
                 time.sleep(1)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def full_plugin_flags(max_num_seqs: int = 8, num_speculative_tokens: int = 8) -> list[str]:
+    """The README's full setup: radix scheduler with workflow eviction, the host tier and
+    jump-forward drafts (the no-op proposer)."""
+    return [
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--scheduler-cls",
+        "radix_plugin.RadixScheduler",
+        "--additional-config",
+        json.dumps({"radix_plugin": {"eviction": "workflow"}}),
+        "--kv-transfer-config",
+        json.dumps(
+            {
+                "kv_connector": "RadixHostTierConnector",
+                "kv_connector_module_path": "radix_plugin.host_tier",
+                "kv_role": "kv_both",
+            }
+        ),
+        "--speculative-config",
+        json.dumps(
+            {
+                "method": "custom_class",
+                "num_speculative_tokens": num_speculative_tokens,
+                "model": "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer",
+            }
+        ),
+    ]

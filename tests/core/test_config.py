@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radix_plugin.core.config import RadixConfigError, RadixPluginConfig
+from radix_plugin.core.config import RadixConfigError, RadixPluginConfig, check_plugin_config
 
 
 def parse(section: object) -> RadixPluginConfig:
@@ -67,3 +67,19 @@ def test_valid_settings_round_trip() -> None:
 def test_bad_settings_name_the_value_and_the_choices(section: object, message: str) -> None:
     with pytest.raises(RadixConfigError, match=message):
         parse(section)
+
+
+def test_every_bad_value_is_reported_at_once() -> None:
+    with pytest.raises(RadixConfigError) as info:
+        parse({"eviction": "mru", "max_wait_steps": 0, "pin_share": "x", "bogus": 1})
+    message = str(info.value)
+    for part in ("'bogus'", "eviction policy 'mru'", "max_wait_steps must be >= 1", "pin_share"):
+        assert part in message
+
+
+def test_config_is_checked_only_for_the_plugins_scheduler() -> None:
+    bad = {"radix_plugin": {"eviction": "mru"}}
+    check_plugin_config(None, bad)
+    check_plugin_config("vllm.v1.core.sched.scheduler.Scheduler", bad)
+    with pytest.raises(RadixConfigError, match="mru"):
+        check_plugin_config("radix_plugin.RadixScheduler", bad)

@@ -49,3 +49,39 @@ def test_scheduler_refuses_before_patching_anything(monkeypatch: pytest.MonkeyPa
     with pytest.raises(UnsupportedVllmVersion, match=r"0\.31\.0"):
         build(async_scheduling=False)
     assert kv_cache_coordinator.BlockPool is BlockPool
+
+
+def test_plain_sampling_patch_applies_only_to_jump_forward_drafts() -> None:
+    """min_p / logit_bias processors are built (and accepted) when the only drafts are the
+    plugin's; any other config gets vLLM's own behaviour, and installing twice is harmless."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.sample import logits_processor
+
+    from radix_plugin.compat import allow_plain_sampling_with_drafts
+    from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
+    from radix_plugin.plugin import jump_forward_only
+    from radix_plugin.testing.models import get_model_path
+
+    config = EngineArgs(model=str(get_model_path("tiny")), max_model_len=256).create_engine_config()
+    allow_plain_sampling_with_drafts(jump_forward_only)
+    allow_plain_sampling_with_drafts(jump_forward_only)
+
+    def built(speculative_config: object) -> set[str]:
+        config.speculative_config = speculative_config
+        procs = logits_processor.build_logitsprocs(config, torch.device("cpu"), False, False)
+        return {type(p).__name__ for p in procs.all}
+
+    builtins = {cls.__name__ for cls in logits_processor.BUILTIN_LOGITS_PROCESSORS}
+    assert {"MinPLogitsProcessor", "LogitBiasLogitsProcessor"} <= builtins <= built(None)
+    # Grammars go scheduler-side under drafts, so the plugin's own processor is not built.
+    assert built(SimpleNamespace(model=JUMP_FORWARD_PROPOSER)) == builtins
+    assert built(SimpleNamespace(model="some/draft-model")) == {"MinTokensLogitsProcessor"}
+    biased = SamplingParams(logit_bias={5: 1.0}, min_p=0.2)
+    biased._validate_spec_decode(SimpleNamespace(model=JUMP_FORWARD_PROPOSER))
+    with pytest.raises(VLLMValidationError, match="min_p and logit_bias"):
+        biased._validate_spec_decode(SimpleNamespace(model="some/draft-model"))

@@ -28,7 +28,12 @@ from radix_plugin.testing.models import get_model_path
 BLOCKS = 64
 
 
-def build(async_scheduling: bool, radix: dict | None = None, cls: type = RadixScheduler):
+def build(
+    async_scheduling: bool,
+    radix: dict | None = None,
+    cls: type = RadixScheduler,
+    **engine_args,
+):
     configure_cpu_env()
     config = EngineArgs(
         model=str(get_model_path("tiny")),
@@ -38,6 +43,7 @@ def build(async_scheduling: bool, radix: dict | None = None, cls: type = RadixSc
         enable_prefix_caching=True,
         scheduler_cls="radix_plugin.RadixScheduler",
         additional_config={"radix_plugin": radix or {"eviction": "lfu", "schedule": "dfs"}},
+        **engine_args,
     ).create_engine_config()
     config.scheduler_config.async_scheduling = async_scheduling
     config.cache_config.num_gpu_blocks = BLOCKS

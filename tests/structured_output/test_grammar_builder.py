@@ -87,3 +87,35 @@ def test_deeply_nested_schema_is_rejected_before_xgrammar_recurses() -> None:
         schema = {"type": "array", "items": schema}
     with pytest.raises(GrammarSpecError, match="nested more than"):
         _build(radix_json_schema=json.dumps(schema))
+
+
+RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("xargs", "message"),
+    [
+        ({"radix_json_schema": json.dumps(RECURSIVE_REQUIRED)}, "accepts no finite output"),
+        ({"radix_ebnf": "root ::= root"}, "accepts no finite output"),
+        ({"radix_ebnf": 'root ::= "a" root'}, "accepts no finite output"),
+        ({"radix_ebnf": 'root ::= "x" | "a" b\nb ::= "c" b'}, "can never end (b)"),
+        ({"radix_regex": "(a{1000}){70}"}, "needs more than 65536 characters"),
+    ],
+)
+def test_grammars_that_cannot_finish_are_refused(xargs: dict, message: str) -> None:
+    with pytest.raises(GrammarSpecError, match=re.escape(message)):
+        _build(**xargs)
+
+
+@pytest.mark.parametrize(
+    "xargs",
+    [
+        {"radix_json_schema": json.dumps({**RECURSIVE_REQUIRED, "required": []})},
+        {"radix_json_schema": json.dumps({"type": "array", "items": {"$ref": "#"}})},
+        {"radix_ebnf": 'root ::= "a" root | "b"'},
+        {"radix_ebnf": 'root ::= ("a" ("b" | "c")*)+ [a-z]? x\nx ::= "q"{2,4}'},
+        {"radix_regex": "(ab){3,5}c+"},
+    ],
+)
+def test_recursive_grammars_that_can_finish_still_build(xargs: dict) -> None:
+    _build(**xargs)

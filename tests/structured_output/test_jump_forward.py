@@ -12,6 +12,7 @@ from grammar_test_utils import STOP_IDS, TINY_VOCAB
 
 from radix_plugin.core.grammar_spec import parse_grammar_spec
 from radix_plugin.grammar.jump_forward import (
+    CHARS_PER_TOKEN_CAP,
     _clean_tail,
     find_forced_tokens,
     prefix_token_ids,
@@ -165,3 +166,27 @@ def _check(
         canonical = tokenizer.encode(tokenizer.decode(tail) + jump, add_special_tokens=False)
         joined = [*tail[: len(tail) - forced.num_rollback], *forced.token_ids]
         assert canonical[: len(joined)] == joined
+
+
+def test_long_forced_text_costs_only_what_the_cap_can_use(
+    service: GrammarCompileService, tokenizer: Any
+) -> None:
+    """A 64,000-character forced run was tokenized whole on every step, in the scheduler
+    loop; only the part that the token cap can use is."""
+    encoded: list[int] = []
+
+    class Recording:
+        """The real tokenizer, recording how much text each `encode` call gets."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(tokenizer, name)
+
+        def encode(self, text: str, **kwargs: Any) -> list[int]:
+            encoded.append(len(text))
+            return tokenizer.encode(text, **kwargs)
+
+    matcher = _matcher(service, radix_regex="(abc ){16000}")
+    forced = find_forced_tokens(matcher, Recording(), [], max_tokens=8)
+    assert 0 < len(forced.token_ids) <= 8
+    assert ("abc " * 10).startswith(forced.text)
+    assert encoded and max(encoded) <= 8 * CHARS_PER_TOKEN_CAP

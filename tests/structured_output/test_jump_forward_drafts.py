@@ -89,3 +89,20 @@ def test_requests_that_must_not_be_touched(manager: StructuredOutputManager) -> 
     malformed = _request(extra_args={"radix_regex": ""})
     assert not attach_xargs_grammar(malformed, manager)
     assert malformed.structured_output_request is None
+
+
+def test_vllm_grammar_that_cannot_finish_gets_no_jump_forward(
+    manager: StructuredOutputManager,
+) -> None:
+    """vLLM's own structured outputs skip our admission check; xgrammar's forced-string search
+    never returns on them (it allocated 22 GB before), so no drafts are asked for."""
+    from radix_plugin.compat import mark_xgrammar_backend
+
+    params = StructuredOutputsParams(grammar='root ::= "{\\"a\\":" root "}"')
+    mark_xgrammar_backend(params)
+    request = _request(structured_outputs=params)
+    manager.grammar_init(request)
+    _ready(request)
+    start = time.perf_counter()
+    assert forced_draft_tokens(request, manager, max_tokens=16) == []
+    assert time.perf_counter() - start < 2

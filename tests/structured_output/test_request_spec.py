@@ -63,6 +63,8 @@ def test_choice_accepts_list_and_json_array_string() -> None:
         ({"radix_regex": "a", "radix_any_whitespace": True}, "only applies together"),
         ({"radix_any_whitespace": True}, "only applies together"),
         ({"radix_json_schema": "{}", "radix_any_whitespace": "maybe"}, "must be a boolean"),
+        ({"radix_regex": "a" * 300_000}, "radix_regex is 300000 characters; at most"),
+        ({"radix_choice": ["x" * 1000] * 300}, "radix_choice is .* characters; at most"),
     ],
 )
 def test_malformed_xargs_raise_errors_naming_the_key(extra_args: dict, message: str) -> None:

@@ -76,24 +76,72 @@ class AgentStepGraph:
         return current
 
 
+MAX_STEPS_HINT_CHARS = 64 * 1024
+MAX_STEPS_HINT_AGENTS = 1024
+MAX_AGENT_CHARS = 256
+MAX_STEPS = 2**31 - 1
+
+
 def parse_steps_hint(raw: Any) -> dict[str, int]:
-    """Decode ``radix_steps`` (a JSON object of agent -> non-negative int, or a mapping)."""
+    """Decode ``radix_steps`` (a JSON object of agent -> non-negative int, or a mapping).
+
+    Bounded: the text, the number of agents and each name are capped, and the object must be
+    flat, so a hostile value is refused before ``json`` recurses into it.
+    """
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise WorkflowHintError(f"radix_steps is not JSON: {exc.msg}") from None
+        raw = _loads_flat(raw)
     if not isinstance(raw, Mapping):
-        raise WorkflowHintError(f"radix_steps must be an object of agent -> steps, got {raw!r}")
-    for key, value in raw.items():
-        # bool is an int subclass: True must not pass as step 1.
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+        raise WorkflowHintError(
+            f"radix_steps must be an object of agent -> steps, got {_short(raw)}"
+        )
+    if len(raw) > MAX_STEPS_HINT_AGENTS:
+        raise WorkflowHintError(
+            f"radix_steps names {len(raw)} agents; at most {MAX_STEPS_HINT_AGENTS} are allowed"
+        )
+    for agent, steps in raw.items():
+        if not isinstance(agent, str) or not 0 < len(agent) <= MAX_AGENT_CHARS:
             raise WorkflowHintError(
-                f"radix_steps[{key!r}] must be a non-negative integer keyed by agent name, "
-                f"got {value!r}"
+                f"radix_steps keys must be agent names of 1 to {MAX_AGENT_CHARS} characters, "
+                f"got {_short(agent)}"
             )
-        if value < 0:
+        # bool is an int in Python; `true` is not a number of steps.
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
             raise WorkflowHintError(
-                f"radix_steps values must be non-negative integers, got {key!r}: {value}"
+                f"radix_steps values must be integers from 0 to {MAX_STEPS}, got "
+                f"{_short(agent)}: {_short(steps)}"
             )
     return dict(raw)
+
+
+def _loads_flat(text: str) -> Any:
+    if len(text) > MAX_STEPS_HINT_CHARS:
+        raise WorkflowHintError(
+            f"radix_steps is {len(text)} characters; at most {MAX_STEPS_HINT_CHARS} are allowed"
+        )
+    # A flat object has one bracket level; refusing deeper text first keeps json's recursion
+    # (and its RecursionError on thousands of brackets) out of reach.
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > 1:
+        raise WorkflowHintError("radix_steps must be a flat object of agent -> steps")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowHintError(f"radix_steps is not JSON: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise WorkflowHintError(f"radix_steps is not usable JSON: {exc}") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = "<huge int>" if isinstance(value, int) and abs(value) > 10**limit else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
