@@ -61,6 +61,12 @@ SIDES = {
         "speculative_config": DRAFTS,
         "structured_outputs_config": XGRAMMAR,
     },
+    "plugin_jump_forward_verify": {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "speculative_config": DRAFTS,
+        "structured_outputs_config": XGRAMMAR,
+        "additional_config": {"radix_plugin": {"jump_forward_mode": "verify"}},
+    },
 }
 
 
@@ -80,7 +86,7 @@ def params_for(side: str) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    if side == "vanilla_xgrammar":
+    if side in ("vanilla_xgrammar",):
         return SamplingParams(
             temperature=0.0, max_tokens=256, structured_outputs=StructuredOutputsParams(json=SCHEMA)
         )
@@ -178,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of sides")
     args = ap.parse_args(argv)
-    engines = {side: make_engine(args.model, extra) for side, extra in SIDES.items()}
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    sides = args.sides.split(",")
+    engines = {side: make_engine(args.model, SIDES[side]) for side in sides}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for _ in range(args.repeats):
         for side, llm in engines.items():
             assert llm.reset_prefix_cache()

@@ -1,7 +1,9 @@
 """Jump-forward through RadixScheduler on a real engine: fewer steps, same valid output.
 
-Both engines run the plugin with the no-op draft proposer; one has ``jump_forward`` on, the
-other off (masking only), so the step counts differ only by the forced drafts.
+All engines run the plugin with the no-op draft proposer: ``jump_forward`` off (masking
+only), on in ``verify`` mode (the model verifies forced drafts: outputs identical to plain
+decoding) and on in ``forced`` mode (SGLang's semantics: forced text appended in canonical
+tokenization; outputs stay valid but their token ids may differ).
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ SPEC = {
 }
 
 
-def _engine(jump_forward: bool) -> LLM:
+def _engine(jump_forward: bool, mode: str = "verify") -> LLM:
     return LLM(
         **cpu_llm_kwargs(
             "tiny",
             max_model_len=1024,
             enable_prefix_caching=True,
             scheduler_cls="radix_plugin.RadixScheduler",
-            additional_config={"radix_plugin": {"jump_forward": jump_forward}},
+            additional_config={
+                "radix_plugin": {"jump_forward": jump_forward, "jump_forward_mode": mode}
+            },
             speculative_config=SPEC,
             # vLLM's own JSON grammars allow free whitespace, which a random-weight model
             # emits forever; this engine-level switch is how vLLM users turn it off.
@@ -60,8 +64,8 @@ def _engine(jump_forward: bool) -> LLM:
 
 
 @pytest.fixture(scope="module")
-def engines() -> Iterator[dict[bool, LLM]]:
-    llms = {True: _engine(True), False: _engine(False)}
+def engines() -> Iterator[dict[Any, LLM]]:
+    llms = {True: _engine(True), False: _engine(False), "forced": _engine(True, "forced")}
     yield llms
     for llm in llms.values():
         shutdown_llm(llm)
@@ -116,11 +120,12 @@ def _run(
 
 
 def _assert_fewer_steps_same_valid_outputs(
-    engines: dict[bool, Any], prompts: list[str], label: str, *params: Any
+    engines: dict[Any, Any], prompts: list[str], label: str, *params: Any, on: Any = True
 ) -> None:
-    steps_on, tokens_on, texts_on = _run(engines[True], prompts, *params)
+    steps_on, tokens_on, texts_on = _run(engines[on], prompts, *params)
     steps_off, tokens_off, _ = _run(engines[False], prompts, *params)
-    assert tokens_on == tokens_off
+    if on is True:  # verify mode: exactly plain decoding
+        assert tokens_on == tokens_off
     for text in texts_on:
         jsonschema.validate(json.loads(text), SCHEMA)
     print(f"{label}, engine steps: jump-forward {steps_on}, masking only {steps_off}")
@@ -141,11 +146,18 @@ def test_vllm_structured_outputs_also_jump_forward(engines: dict[bool, Any]) -> 
     _assert_fewer_steps_same_valid_outputs(engines, prompts, "vLLM structured outputs", VLLM_PARAMS)
 
 
-def test_requests_without_grammar_are_untouched(engines: dict[bool, Any]) -> None:
+@pytest.mark.parametrize("params", [XARGS_PARAMS, VLLM_PARAMS], ids=["xargs", "vllm"])
+def test_forced_mode_cuts_more_steps_and_stays_valid(engines: dict[Any, Any], params: Any) -> None:
+    prompts = [f"Customer record {i}:" for i in range(6)]
+    _assert_fewer_steps_same_valid_outputs(engines, prompts, "forced", params, on="forced")
+
+
+@pytest.mark.parametrize("on", [True, "forced"], ids=["verify", "forced"])
+def test_requests_without_grammar_are_untouched(engines: dict[Any, Any], on: Any) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    on = engines[True].generate(["plain text prompt"], params, use_tqdm=False)
+    got = engines[on].generate(["plain text prompt"], params, use_tqdm=False)
     off = engines[False].generate(["plain text prompt"], params, use_tqdm=False)
-    assert on[0].outputs[0].token_ids == off[0].outputs[0].token_ids
+    assert got[0].outputs[0].token_ids == off[0].outputs[0].token_ids
 
 
 def _xargs_cases() -> list[tuple[dict[str, Any], Any]]:
@@ -167,17 +179,19 @@ def _xargs_cases() -> list[tuple[dict[str, Any], Any]]:
     return cases
 
 
+@pytest.mark.parametrize("on", [True, "forced"], ids=["verify", "forced"])
 @pytest.mark.parametrize("batch", [1, 32])
 def test_every_grammar_kind_stays_valid_with_jump_forward(
-    engines: dict[bool, Any], batch: int
+    engines: dict[Any, Any], batch: int, on: Any
 ) -> None:
     cases = _xargs_cases()
     picks = [cases[i % len(cases)] for i in range(batch)]
     params = [SamplingParams(temperature=0.0, max_tokens=160, extra_args=x) for x, _ in picks]
     prompts = [f"Item {i}:" for i in range(batch)]
-    on = engines[True].generate(prompts, params, use_tqdm=False)
+    got = engines[on].generate(prompts, params, use_tqdm=False)
     off = engines[False].generate(prompts, params, use_tqdm=False)
-    for (_, check), a, b in zip(picks, on, off, strict=True):
+    for (_, check), a, b in zip(picks, got, off, strict=True):
         assert a.outputs[0].finish_reason == "stop"
         assert check(a.outputs[0].text)
-        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        if on is True:
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids

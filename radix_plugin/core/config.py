@@ -13,6 +13,7 @@ from typing import Any
 from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy, make_ordering
 
 CONFIG_KEY = "radix_plugin"
+JUMP_FORWARD_MODES = ("forced", "verify")
 
 
 class RadixConfigError(ValueError):
@@ -37,6 +38,10 @@ class RadixPluginConfig:
     """Largest share of the KV pool that ``radix_pin`` requests may keep pinned."""
     jump_forward: bool = True
     """Compressed-FSM jump-forward for structured output (masking only when False)."""
+    jump_forward_mode: str = "forced"
+    """``forced`` (SGLang's semantics: the grammar's forced text is appended in its canonical
+    tokenization without asking the model) or ``verify`` (the model verifies every forced
+    token, so outputs are exactly those of plain decoding, in more steps)."""
     host_tier_gib: float = 0.0
     """Host-memory tier size in GiB (with ``--kv-transfer-config`` naming
     ``RadixHostTierConnector``); 0 means twice the device KV pool."""
@@ -83,6 +88,11 @@ class RadixPluginConfig:
         if self.max_wait_steps < 1:
             raise RadixConfigError(
                 f"{CONFIG_KEY}: max_wait_steps must be >= 1, got {self.max_wait_steps}"
+            )
+        if self.jump_forward_mode not in JUMP_FORWARD_MODES:
+            raise RadixConfigError(
+                f"{CONFIG_KEY}: jump_forward_mode must be one of "
+                f"{', '.join(JUMP_FORWARD_MODES)}, got {self.jump_forward_mode!r}"
             )
         if self.host_tier_gib < 0:
             raise RadixConfigError(

@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from radix_plugin.compat import (
     grammar_constrains_next_token,
     hold_until_grammar_compiled,
@@ -95,7 +97,11 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
 
 
 def forced_draft_tokens(
-    request: Request, manager: StructuredOutputManager, max_tokens: int
+    request: Request,
+    manager: StructuredOutputManager,
+    max_tokens: int,
+    *,
+    prefix_tokens: frozenset[int] | None = None,
 ) -> list[int]:
     """Tokens the request's grammar forces next, ready for `request.spec_token_ids`.
 
@@ -120,6 +126,76 @@ def forced_draft_tokens(
         tokenizer,
         request.output_token_ids,
         max_tokens=max_tokens,
-        prefix_tokens=prefix_token_ids(tokenizer),
+        prefix_tokens=prefix_tokens if prefix_tokens is not None else prefix_token_ids(tokenizer),
     )
     return manager.validate_tokens(request, list(forced.token_ids)) if forced else []
+
+
+# --- forced mode (SGLang semantics) ----------------------------------------------------------
+
+
+def one_hot_rows(token_ids: list[int], num_words: int) -> np.ndarray:
+    """Bitmask rows (xgrammar layout: int32 words, bit set = allowed) each allowing one token."""
+    rows = np.zeros((len(token_ids), num_words), dtype=np.uint32)
+    for i, token in enumerate(token_ids):
+        rows[i, token >> 5] = np.uint32(1) << np.uint32(token & 31)
+    return rows.view(np.int32)
+
+
+def advance_through_drafts(
+    requests: dict[str, Request], spec_tokens: dict[str, list[int]]
+) -> dict[str, list[int]]:
+    """Advance each structured request's grammar through its scheduled forced drafts.
+
+    Returns the drafts of every request advanced (all of its drafts were grammatical); the
+    caller must `rollback_drafts` them once the bitmask is built. Requests with padding or a
+    draft the grammar rejects are left alone (vLLM builds their rows as usual).
+    """
+    advanced: dict[str, list[int]] = {}
+    for req_id, tokens in spec_tokens.items():
+        request = requests.get(req_id)
+        if not tokens or request is None or not request.use_structured_output:
+            continue
+        structured = request.structured_output_request
+        if structured is None or not structured.is_grammar_ready or -1 in tokens:
+            continue
+        grammar = structured.grammar
+        if grammar.is_terminated() or len(grammar.validate_tokens(tokens)) != len(tokens):
+            continue
+        if grammar.accept_tokens(req_id, tokens):
+            advanced[req_id] = tokens
+    return advanced
+
+
+def rollback_drafts(requests: dict[str, Request], advanced: dict[str, list[int]]) -> None:
+    for req_id, tokens in advanced.items():
+        structured = requests[req_id].structured_output_request
+        assert structured is not None
+        structured.grammar.rollback(len(tokens))
+
+
+def splice_forced_rows(
+    bitmask: np.ndarray,
+    request_ids: list[str],
+    other_spec_tokens: dict[str, list[int]],
+    forced: dict[str, list[int]],
+) -> np.ndarray:
+    """Insert one-hot rows for each forced draft before its request's bonus-token row.
+
+    `bitmask` was built by vLLM with the forced requests' drafts hidden (their grammars
+    advanced past them), so each forced request has exactly one row there: the mask after its
+    drafts. Other requests keep their `1 + len(drafts)` rows.
+    """
+    parts: list[np.ndarray] = []
+    row = 0
+    for req_id in request_ids:
+        drafts = forced.get(req_id)
+        if drafts is not None:
+            parts.append(one_hot_rows(drafts, bitmask.shape[1]))
+            parts.append(bitmask[row : row + 1])
+            row += 1
+        else:
+            n = 1 + len(other_spec_tokens.get(req_id, ()))
+            parts.append(bitmask[row : row + n])
+            row += n
+    return np.concatenate(parts) if parts else bitmask
