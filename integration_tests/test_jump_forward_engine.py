@@ -63,6 +63,18 @@ def _engine(jump_forward: bool, mode: str = "verify") -> LLM:
     )
 
 
+def _engine_with_only_the_scheduler_flag() -> LLM:
+    return LLM(
+        **cpu_llm_kwargs(
+            "tiny",
+            max_model_len=1024,
+            enable_prefix_caching=True,
+            scheduler_cls="radix_plugin.RadixScheduler",
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def engines() -> Iterator[dict[Any, LLM]]:
     llms = {True: _engine(True), False: _engine(False), "forced": _engine(True, "forced")}
@@ -195,3 +207,18 @@ def test_every_grammar_kind_stays_valid_with_jump_forward(
         assert check(a.outputs[0].text)
         if on is True:
             assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_scheduler_flag_alone_turns_jump_forward_on(engines: dict[Any, Any]) -> None:
+    """No speculative config written: the plugin supplies it (CPU), and steps drop."""
+    llm = _engine_with_only_the_scheduler_flag()
+    try:
+        spec = llm.llm_engine.vllm_config.speculative_config
+        assert spec is not None and spec.method == "custom_class"
+        prompts = [f"Customer record {i}:" for i in range(6)]
+        for params in (XARGS_PARAMS, VLLM_PARAMS):
+            _assert_fewer_steps_same_valid_outputs(
+                {"flag": llm, False: engines[False]}, prompts, "one flag", params, on="flag"
+            )
+    finally:
+        shutdown_llm(llm)
