@@ -33,7 +33,13 @@ from radix_plugin.compat import (
     hold_until_grammar_compiled,
     mark_xgrammar_backend,
 )
-from radix_plugin.core.grammar_spec import GrammarSpecError, has_grammar_keys, parse_grammar_spec
+from radix_plugin.core.grammar_spec import (
+    XARG_ANY_WHITESPACE,
+    XARG_JSON_SCHEMA,
+    GrammarSpecError,
+    has_grammar_keys,
+    parse_grammar_spec,
+)
 from radix_plugin.grammar.builder import build_grammar
 from radix_plugin.grammar.jump_forward import find_forced_tokens, prefix_token_ids
 
@@ -91,6 +97,46 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
     mark_xgrammar_backend(structured)
     params.structured_outputs = structured
     request.structured_output_request = StructuredOutputRequest(params=structured)
+    hold_until_grammar_compiled(request)
+    manager.grammar_init(request)
+    return True
+
+
+def make_vllm_json_strict(request: Request, manager: StructuredOutputManager) -> bool:
+    """Swap a vLLM ``structured_outputs.json`` grammar for the plugin's strict one.
+
+    vLLM 0.32's xgrammar JSON-schema grammars let a byte-level BPE model put raw control
+    characters inside strings (with ``maxLength``), so outputs can fail ``json.loads``. The
+    plugin's grammar for the same schema (same whitespace setting) excludes them. Call from
+    the scheduler's ``add_request``: vLLM already started compiling its own grammar, which is
+    dropped (xgrammar caches compilations, so a repeated schema costs nothing more). Returns
+    True when the grammar was replaced; other requests, other backends and schemas the
+    plugin cannot build are left to vLLM.
+    """
+    params = request.sampling_params
+    structured = getattr(params, "structured_outputs", None)
+    if structured is None or request.structured_output_request is None:
+        return False
+    if structured.json is None or manager.backend is None:
+        return False
+    if type(manager.backend).__name__ != "XgrammarBackend":
+        return False
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.v1.structured_output.request import StructuredOutputRequest
+
+    schema = structured.json
+    any_whitespace = not manager.vllm_config.structured_outputs_config.disable_any_whitespace
+    try:
+        spec = parse_grammar_spec({XARG_JSON_SCHEMA: schema, XARG_ANY_WHITESPACE: any_whitespace})
+        assert spec is not None
+        ebnf = str(build_grammar(spec))
+    except GrammarSpecError as exc:
+        logger.debug("request %s: keeping vLLM's JSON grammar: %s", request.request_id, exc)
+        return False
+    strict = StructuredOutputsParams(grammar=ebnf)
+    mark_xgrammar_backend(strict)
+    params.structured_outputs = strict
+    request.structured_output_request = StructuredOutputRequest(params=strict)
     hold_until_grammar_compiled(request)
     manager.grammar_init(request)
     return True

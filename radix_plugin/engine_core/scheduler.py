@@ -37,6 +37,7 @@ from radix_plugin.engine_core.jump_forward_drafts import (
     advance_through_drafts,
     attach_xargs_grammar,
     forced_draft_tokens,
+    make_vllm_json_strict,
     rollback_drafts,
     splice_forced_rows,
 )
@@ -197,9 +198,12 @@ class RadixSchedulerMixin(SchedulerSeam):
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        manager = self.structured_output_manager  # type: ignore[attr-defined]
+        # vLLM's JSON-schema grammars allow raw control characters in strings; ours do not.
+        make_vllm_json_strict(request, manager)
         if self._radix_draft_engine:
             # With drafts on, vLLM refuses logits processors: grammars go scheduler-side.
-            attach_xargs_grammar(request, self.structured_output_manager)  # type: ignore[attr-defined]
+            attach_xargs_grammar(request, manager)
         super().add_request(request)  # type: ignore[misc]
 
     # --- jump-forward --------------------------------------------------------------------
