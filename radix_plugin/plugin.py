@@ -27,13 +27,13 @@ def register() -> None:
         return
     _registered = True
 
-    from radix_plugin.worker.attention.registration import register_attention_backends
-
-    register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
-
     from radix_plugin.compat import install_default_speculative_config
 
     install_default_speculative_config(jump_forward_speculative_config)
+
+    from radix_plugin.worker.attention.registration import register_attention_backends
+
+    register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
 
 
 def jump_forward_speculative_config(engine_args: Any) -> dict[str, Any] | None:
