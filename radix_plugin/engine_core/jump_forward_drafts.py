@@ -23,7 +23,9 @@ What an engine needs for this route:
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +67,37 @@ class NoDraftProposer:
     ) -> list[list[int]]:
         """One empty draft per request in the batch."""
         return [[] for _ in sampled_token_ids]
+
+
+class MemoTokenizer:
+    """A tokenizer proxy that memoizes ``encode`` and ``decode`` (what forced-text search
+    spends its time in: 0.25 ms a call on SmolLM2's tokenizer, mostly tokenizer calls).
+
+    Every request under one schema forces the same strings (keys, ``","``, ``":"``) after
+    the same few value tokens, so the tokenizations repeat across requests and steps. Other
+    attributes pass through to the wrapped tokenizer.
+    """
+
+    def __init__(self, tokenizer: Any, maxsize: int = 8192) -> None:
+        self._tokenizer = tokenizer
+        self.all_special_ids = list(getattr(tokenizer, "all_special_ids", ()) or ())
+        self._encode = functools.lru_cache(maxsize)(self._encode_uncached)
+        self._decode = functools.lru_cache(maxsize)(self._decode_uncached)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._encode(text, add_special_tokens))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._decode(tuple(token_ids))
+
+    def _encode_uncached(self, text: str, add_special_tokens: bool) -> tuple[int, ...]:
+        return tuple(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def _decode_uncached(self, token_ids: tuple[int, ...]) -> str:
+        return self._tokenizer.decode(list(token_ids))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> bool:
@@ -148,6 +181,7 @@ def forced_draft_tokens(
     max_tokens: int,
     *,
     prefix_tokens: frozenset[int] | None = None,
+    tokenizer: Any = None,
 ) -> list[int]:
     """Tokens the request's grammar forces next, ready for `request.spec_token_ids`.
 
@@ -164,7 +198,8 @@ def forced_draft_tokens(
         return []
     if not grammar_constrains_next_token(request, manager):
         return []
-    tokenizer = manager.tokenizer
+    if tokenizer is None:
+        tokenizer = manager.tokenizer
     if tokenizer is None:
         return []
     forced = find_forced_tokens(

@@ -33,6 +33,7 @@ from radix_plugin.core.registry import make_eviction_policy, make_ordering
 from radix_plugin.core.workflow.tracker import WorkflowTracker
 from radix_plugin.engine_core.block_pool import RadixBlockPool
 from radix_plugin.engine_core.jump_forward_drafts import (
+    MemoTokenizer,
     NoDraftProposer,
     advance_through_drafts,
     attach_xargs_grammar,
@@ -90,6 +91,7 @@ class RadixSchedulerMixin(SchedulerSeam):
         if self._radix_jump_forward and tokenizer is not None:
             # The vocabulary scan (0.4 s on a 49k vocabulary) runs here, not in a request's step.
             self._radix_prefix_tokens = prefix_token_ids(tokenizer)
+        self._radix_tokenizer = MemoTokenizer(tokenizer) if tokenizer is not None else None
         self._radix_on_cpu = _on_cpu()
         self._radix_draft_caps = DraftCaps(self.num_spec_tokens)  # type: ignore[attr-defined]
         has_pool = self.radix_pool is not None
@@ -227,6 +229,7 @@ class RadixSchedulerMixin(SchedulerSeam):
                 manager,
                 self._radix_draft_caps.cap(req_id),
                 prefix_tokens=self._radix_prefix_tokens,
+                tokenizer=self._radix_tokenizer,
             )
             if drafts:
                 request.spec_token_ids = drafts

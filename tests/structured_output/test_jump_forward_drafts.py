@@ -14,6 +14,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 from radix_plugin.engine_core.jump_forward_drafts import (
+    MemoTokenizer,
     NoDraftProposer,
     attach_xargs_grammar,
     forced_draft_tokens,
@@ -72,10 +73,16 @@ def test_drafts_follow_committed_output(manager: StructuredOutputManager, tokeni
     committed = tokenizer.encode('{"status":"app', add_special_tokens=False)
     request.append_output_token_ids(committed)
     assert manager.accept_tokens(request, committed)
-    text = tokenizer.decode(forced_draft_tokens(request, manager, max_tokens=16))
+    drafts = forced_draft_tokens(request, manager, max_tokens=16)
+    text = tokenizer.decode(drafts)
     # The enum is decided after "app": the rest of the value and the next key are forced
     # (the trailing '":' is held back as a prefix of longer tokens).
     assert text == 'roved","n'
+    # The memoizing tokenizer gives the same drafts, also when answering from its cache.
+    memo = MemoTokenizer(manager.tokenizer)
+    for _ in range(2):
+        assert forced_draft_tokens(request, manager, max_tokens=16, tokenizer=memo) == drafts
+    assert memo._encode.cache_info().hits > 0
 
 
 def test_requests_that_must_not_be_touched(manager: StructuredOutputManager) -> None:
