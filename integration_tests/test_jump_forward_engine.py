@@ -77,7 +77,12 @@ def _engine_with_only_the_scheduler_flag() -> LLM:
 
 @pytest.fixture(scope="module")
 def engines() -> Iterator[dict[Any, LLM]]:
-    llms = {True: _engine(True), False: _engine(False), "forced": _engine(True, "forced")}
+    llms = {
+        True: _engine(True),
+        False: _engine(False),
+        "forced": _engine(True, "forced"),
+        "flag": _engine_with_only_the_scheduler_flag(),
+    }
     yield llms
     for llm in llms.values():
         shutdown_llm(llm)
@@ -211,17 +216,11 @@ def test_every_grammar_kind_stays_valid_with_jump_forward(
 
 def test_scheduler_flag_alone_turns_jump_forward_on(engines: dict[Any, Any]) -> None:
     """No speculative config written: the plugin supplies it (CPU), and steps drop."""
-    llm = _engine_with_only_the_scheduler_flag()
-    try:
-        spec = llm.llm_engine.vllm_config.speculative_config
-        assert spec is not None and spec.method == "custom_class"
-        prompts = [f"Customer record {i}:" for i in range(6)]
-        for params in (XARGS_PARAMS, VLLM_PARAMS):
-            _assert_fewer_steps_same_valid_outputs(
-                {"flag": llm, False: engines[False]}, prompts, "one flag", params, on="flag"
-            )
-    finally:
-        shutdown_llm(llm)
+    spec = engines["flag"].llm_engine.vllm_config.speculative_config
+    assert spec is not None and spec.method == "custom_class"
+    prompts = [f"Customer record {i}:" for i in range(6)]
+    for params in (XARGS_PARAMS, VLLM_PARAMS):
+        _assert_fewer_steps_same_valid_outputs(engines, prompts, "one flag", params, on="flag")
 
 
 FREE_TEXT_SCHEMA = {
