@@ -350,3 +350,43 @@ def _plain_sampling_logitsprocs(
 
     build_logitsprocs._radix_original = original  # type: ignore[attr-defined]
     return build_logitsprocs
+
+
+# --- one flag for jump-forward (vLLM 0.32.0: engine/arg_utils.py) --------------------------
+
+
+def install_default_speculative_config(default: Any) -> bool:
+    """Let ``default(engine_args)`` supply a speculative config the user did not write.
+
+    vLLM 0.32.0 runs drafts only when ``SpeculativeConfig`` exists, and builds it in
+    ``EngineArgs.create_speculative_config`` from ``engine_args.speculative_config`` (a dict)
+    while ``create_engine_config`` assembles ``VllmConfig`` in the user's process. The wrapper
+    fills that dict from ``default`` (which returns a dict or None) only when the user gave
+    no speculative settings at all; everything else is vLLM's code. Installed once, only on a
+    supported vLLM; returns whether it is installed.
+    """
+    from vllm import __version__
+    from vllm.engine.arg_utils import EngineArgs
+
+    if _release(__version__) not in SUPPORTED_VLLM_VERSIONS:
+        logger.info("radix_plugin: vLLM %s: jump-forward needs --speculative-config", __version__)
+        return False
+    original = EngineArgs.create_speculative_config
+    if getattr(original, "_radix_default", None) is not None:
+        return True
+
+    @functools.wraps(original)
+    def create_speculative_config(self: EngineArgs, *args: Any, **kwargs: Any) -> Any:
+        given = (self.speculative_config, self.spec_method, self.spec_model, self.spec_tokens)
+        if all(value is None for value in given):
+            supplied = default(self)
+            if supplied is not None:
+                logger.info(
+                    "radix_plugin: jump-forward drafts on (speculative config %s)", supplied
+                )
+                self.speculative_config = dict(supplied)
+        return original(self, *args, **kwargs)
+
+    create_speculative_config._radix_default = default  # type: ignore[attr-defined]
+    EngineArgs.create_speculative_config = create_speculative_config  # type: ignore[method-assign]
+    return True

@@ -1,18 +1,27 @@
 """Entry point for vLLM's `vllm.general_plugins` group.
 
 vLLM calls `register()` once in every process (API server, engine core, each worker) before
-any config exists, so it must be cheap and idempotent and must not enable anything: the plugin
-only takes effect when the user passes `--scheduler-cls radix_plugin.RadixScheduler`. The one
-thing it adds to every process is the plugin's config check when vLLM builds its config
-(it does nothing unless that scheduler is named), so a bad `--additional-config` fails in the
-user's process before weights load; and, with jump-forward drafts configured, it lets
-`min_p` / `logit_bias` through vLLM's speculative-decoding refusal (the scheduler runs those
-requests in draft-free batches).
+any config exists, so it must be cheap and idempotent and must not enable anything by itself:
+the plugin only takes effect when the user passes `--scheduler-cls radix_plugin.RadixScheduler`.
+What it installs acts only on such engines:
+
+- the plugin's config check when vLLM builds its config, so a bad `--additional-config` fails
+  in the user's process before weights load;
+- the speculative config that turns jump-forward's draft machinery on (on the CPU platform by
+  default; see `jump_forward_speculative_config`);
+- with jump-forward drafts configured, `min_p` / `logit_bias` through vLLM's
+  speculative-decoding refusal (the scheduler runs those requests in draft-free batches).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
+
 _registered = False
+
+DRAFT_SLOTS = 16
 
 
 def register() -> None:
@@ -22,19 +31,71 @@ def register() -> None:
         return
     _registered = True
 
+    from radix_plugin.compat import (
+        allow_plain_sampling_with_drafts,
+        install_default_speculative_config,
+        install_engine_args_check,
+    )
+    from radix_plugin.core.config import check_plugin_config
+
+    install_default_speculative_config(jump_forward_speculative_config)
+    install_engine_args_check(check_plugin_config)
+    allow_plain_sampling_with_drafts(jump_forward_only)
+
     from radix_plugin.worker.attention.registration import register_attention_backends
 
     register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
 
-    from radix_plugin.compat import allow_plain_sampling_with_drafts, install_engine_args_check
-    from radix_plugin.core.config import check_plugin_config
-
-    install_engine_args_check(check_plugin_config)
-    allow_plain_sampling_with_drafts(jump_forward_only)
-
 
 def jump_forward_only(speculative_config: object) -> bool:
     """Whether the only drafts are the plugin's jump-forward ones (no draft model)."""
-    from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
-
     return getattr(speculative_config, "model", None) == JUMP_FORWARD_PROPOSER
+
+
+def jump_forward_speculative_config(engine_args: Any) -> dict[str, Any] | None:
+    """The no-op-proposer speculative config jump-forward needs, or None to leave vLLM alone.
+
+    Supplied when the scheduler is `RadixScheduler` (or a subclass), `jump_forward` is not
+    off, and no logits processors are named (vLLM refuses them with speculative decoding).
+    vLLM 0.32 turns async scheduling (and Model Runner V2) off for this kind of proposer;
+    the CPU backend runs without async scheduling anyway, so there it is on by default; on
+    other platforms only with an explicit `{"jump_forward": true}`.
+    """
+    if not _names_radix_scheduler(getattr(engine_args, "scheduler_cls", None)):
+        return None
+    if getattr(engine_args, "logits_processors", None):
+        return None
+    section = (getattr(engine_args, "additional_config", None) or {}).get("radix_plugin") or {}
+    jump_forward = section.get("jump_forward") if isinstance(section, dict) else None
+    if jump_forward is False:
+        return None
+    if jump_forward is not True and not _on_cpu():
+        return None
+    return {
+        "method": "custom_class",
+        "model": JUMP_FORWARD_PROPOSER,
+        "num_speculative_tokens": DRAFT_SLOTS,
+    }
+
+
+def _names_radix_scheduler(scheduler_cls: Any) -> bool:
+    if scheduler_cls is None:
+        return False
+    if isinstance(scheduler_cls, str):
+        if scheduler_cls == "radix_plugin.RadixScheduler":
+            return True
+        try:
+            from vllm.utils.import_utils import resolve_obj_by_qualname
+
+            scheduler_cls = resolve_obj_by_qualname(scheduler_cls)
+        except Exception:  # vLLM reports a bad class name itself, later
+            return False
+    from radix_plugin.engine_core.scheduler import RadixScheduler
+
+    return isinstance(scheduler_cls, type) and issubclass(scheduler_cls, RadixScheduler)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()

@@ -17,6 +17,7 @@ from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy,
 CONFIG_KEY = "radix_plugin"
 JUMP_FORWARD_PROPOSER = "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer"
 """The ``--speculative-config`` model that turns jump-forward drafts on (no draft model)."""
+JUMP_FORWARD_MODES = ("forced", "verify")
 
 
 class RadixConfigError(ValueError):
@@ -44,6 +45,10 @@ class RadixPluginConfig:
     unpinned (``radix_unpin``), displaced by newer pins over the budget, or a cache reset."""
     jump_forward: bool = True
     """Compressed-FSM jump-forward for structured output (masking only when False)."""
+    jump_forward_mode: str = "forced"
+    """``forced`` (SGLang's semantics: the grammar's forced text is appended in its canonical
+    tokenization without asking the model) or ``verify`` (the model verifies every forced
+    token, so outputs are exactly those of plain decoding, in more steps)."""
     host_tier_gib: float = 0.0
     """Host-memory tier size in GiB (with ``--kv-transfer-config`` naming
     ``RadixHostTierConnector``); 0 means twice the device KV pool."""
@@ -105,6 +110,11 @@ class RadixPluginConfig:
             problems.append(f"{CONFIG_KEY}: {exc}")
         if self.max_wait_steps < 1:
             problems.append(f"{CONFIG_KEY}: max_wait_steps must be >= 1, got {self.max_wait_steps}")
+        if self.jump_forward_mode not in JUMP_FORWARD_MODES:
+            problems.append(
+                f"{CONFIG_KEY}: jump_forward_mode must be one of "
+                f"{', '.join(JUMP_FORWARD_MODES)}, got {self.jump_forward_mode!r}"
+            )
         if self.host_tier_gib < 0:
             problems.append(
                 f"{CONFIG_KEY}: host_tier_gib must be >= 0 (0 = twice the device pool), "

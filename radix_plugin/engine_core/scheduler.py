@@ -41,15 +41,18 @@ from radix_plugin.core.registry import make_eviction_policy, make_ordering
 from radix_plugin.core.workflow.tracker import WorkflowTracker
 from radix_plugin.engine_core.block_pool import RadixBlockPool
 from radix_plugin.engine_core.jump_forward_drafts import (
-    NoDraftProposer,
+    MemoTokenizer,
+    advance_through_drafts,
     attach_xargs_grammar,
     forced_draft_tokens,
+    make_vllm_json_strict,
+    rollback_drafts,
+    splice_forced_rows,
 )
+from radix_plugin.grammar.jump_forward import prefix_token_ids
 
 logger = logging.getLogger(__name__)
 
-NO_DRAFT_PROPOSER = f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}"
-assert NO_DRAFT_PROPOSER == JUMP_FORWARD_PROPOSER, "the README's flag names this class"
 HOLD_BACK_WINDOW = 128
 
 
@@ -88,6 +91,13 @@ class RadixSchedulerMixin(SchedulerSeam):
         self._radix_tracker = WorkflowTracker()
         self._radix_draft_engine = _uses_forced_drafts(vllm_config)
         self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
+        self._radix_forced_mode = self._radix_jump_forward and config.jump_forward_mode == "forced"
+        self._radix_prefix_tokens: frozenset[int] | None = None
+        tokenizer = getattr(self.structured_output_manager, "tokenizer", None)  # type: ignore[attr-defined]
+        if self._radix_jump_forward and tokenizer is not None:
+            # The vocabulary scan (0.4 s on a 49k vocabulary) runs here, not in a request's step.
+            self._radix_prefix_tokens = prefix_token_ids(tokenizer)
+        self._radix_tokenizer = MemoTokenizer(tokenizer) if tokenizer is not None else None
         self._radix_on_cpu = _on_cpu()
         self._radix_draft_caps = DraftCaps(self.num_spec_tokens)  # type: ignore[attr-defined]
         has_pool = self.radix_pool is not None
@@ -208,9 +218,12 @@ class RadixSchedulerMixin(SchedulerSeam):
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        manager = self.structured_output_manager  # type: ignore[attr-defined]
+        # vLLM's JSON-schema grammars allow raw control characters in strings; ours do not.
+        make_vllm_json_strict(request, manager)
         if self._radix_draft_engine:
             # With drafts on, vLLM refuses logits processors: grammars go scheduler-side.
-            attach_xargs_grammar(request, self.structured_output_manager)  # type: ignore[attr-defined]
+            attach_xargs_grammar(request, manager)
         super().add_request(request)  # type: ignore[misc]
 
     # --- jump-forward --------------------------------------------------------------------
@@ -229,9 +242,48 @@ class RadixSchedulerMixin(SchedulerSeam):
             request = self.requests.get(req_id)  # type: ignore[attr-defined]
             if request is None or request.is_finished() or request.is_prefill_chunk:
                 continue
-            drafts = forced_draft_tokens(request, manager, self._radix_draft_caps.cap(req_id))
+            drafts = forced_draft_tokens(
+                request,
+                manager,
+                self._radix_draft_caps.cap(req_id),
+                prefix_tokens=self._radix_prefix_tokens,
+                tokenizer=self._radix_tokenizer,
+            )
             if drafts:
                 request.spec_token_ids = drafts
+
+    def get_grammar_bitmask(self, scheduler_output: Any) -> Any:
+        """In ``forced`` mode, each forced draft's row allows only that draft token.
+
+        The model then cannot reject the grammar's forced text (SGLang's semantics: appended in
+        canonical tokenization), and xgrammar fills one mask per request (the bonus token's)
+        instead of one per draft position. vLLM builds every other row as usual.
+        """
+        if not self._radix_forced_mode:
+            return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
+        spec = scheduler_output.scheduled_spec_decode_tokens
+        if not spec:
+            return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
+        requests = self.requests  # type: ignore[attr-defined]
+        forced = advance_through_drafts(requests, spec)
+        if not forced:
+            return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
+        others = {rid: t for rid, t in spec.items() if rid not in forced}
+        try:
+            scheduler_output.scheduled_spec_decode_tokens = others
+            out = super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
+        finally:
+            scheduler_output.scheduled_spec_decode_tokens = spec
+            rollback_drafts(requests, forced)
+        if out is None:
+            return None
+        ids = out.structured_output_request_ids
+        out.grammar_bitmask = splice_forced_rows(out.grammar_bitmask, ids, others, forced)
+        out.num_acceptable_drafts = [
+            len(forced[rid]) if rid in forced else n
+            for rid, n in zip(ids, out.num_acceptable_drafts or [0] * len(ids), strict=True)
+        ]
+        return out
 
     def _radix_drafts_safe(self) -> bool:
         """Whether the next batch may carry drafts, given every unfinished request.
@@ -510,7 +562,7 @@ class DraftCaps:
 def _uses_forced_drafts(vllm_config: Any) -> bool:
     """Jump-forward runs as drafts from our no-op proposer (see ``logits.jump_forward_drafts``)."""
     spec = getattr(vllm_config, "speculative_config", None)
-    return spec is not None and getattr(spec, "model", None) == NO_DRAFT_PROPOSER
+    return spec is not None and getattr(spec, "model", None) == JUMP_FORWARD_PROPOSER
 
 
 def _on_cpu() -> bool:

@@ -15,9 +15,9 @@ from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request
 
-from radix_plugin.engine_core.scheduler import NO_DRAFT_PROPOSER
+from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
 
-SPEC = {"method": "custom_class", "model": NO_DRAFT_PROPOSER, "num_speculative_tokens": 4}
+SPEC = {"method": "custom_class", "model": JUMP_FORWARD_PROPOSER, "num_speculative_tokens": 4}
 
 
 def _request(rid: str, temperature: float) -> Request:

@@ -14,6 +14,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 from radix_plugin.engine_core.jump_forward_drafts import (
+    MemoTokenizer,
     NoDraftProposer,
     attach_xargs_grammar,
     forced_draft_tokens,
@@ -72,10 +73,16 @@ def test_drafts_follow_committed_output(manager: StructuredOutputManager, tokeni
     committed = tokenizer.encode('{"status":"app', add_special_tokens=False)
     request.append_output_token_ids(committed)
     assert manager.accept_tokens(request, committed)
-    text = tokenizer.decode(forced_draft_tokens(request, manager, max_tokens=16))
+    drafts = forced_draft_tokens(request, manager, max_tokens=16)
+    text = tokenizer.decode(drafts)
     # The enum is decided after "app": the rest of the value and the next key are forced
     # (the trailing '":' is held back as a prefix of longer tokens).
     assert text == 'roved","n'
+    # The memoizing tokenizer gives the same drafts, also when answering from its cache.
+    memo = MemoTokenizer(manager.tokenizer)
+    for _ in range(2):
+        assert forced_draft_tokens(request, manager, max_tokens=16, tokenizer=memo) == drafts
+    assert memo._encode.cache_info().hits > 0
 
 
 def test_requests_that_must_not_be_touched(manager: StructuredOutputManager) -> None:
@@ -106,3 +113,29 @@ def test_vllm_grammar_that_cannot_finish_gets_no_jump_forward(
     start = time.perf_counter()
     assert forced_draft_tokens(request, manager, max_tokens=16) == []
     assert time.perf_counter() - start < 2
+
+
+def test_one_hot_rows_allow_exactly_the_draft_token() -> None:
+    import numpy as np
+
+    from radix_plugin.engine_core.jump_forward_drafts import one_hot_rows
+
+    rows = one_hot_rows([0, 31, 32, 95], 3)
+    assert rows.dtype == np.int32 and rows.shape == (4, 3)
+    for row, token in zip(rows.view(np.uint32), [0, 31, 32, 95], strict=True):
+        bits = [w * 32 + b for w in range(3) for b in range(32) if int(row[w]) >> b & 1]
+        assert bits == [token]
+
+
+def test_splice_forced_rows_puts_one_hot_rows_before_the_bonus_row() -> None:
+    import numpy as np
+
+    from radix_plugin.engine_core.jump_forward_drafts import one_hot_rows, splice_forced_rows
+
+    # vLLM's rows: "a" (not forced, 2 drafts -> 3 rows), "b" (forced: only its bonus row).
+    bitmask = np.arange(4 * 2, dtype=np.int32).reshape(4, 2)
+    out = splice_forced_rows(bitmask, ["a", "b"], {"a": [5, 6]}, {"b": [7, 40]})
+    assert out.shape == (6, 2)
+    assert (out[:3] == bitmask[:3]).all()
+    assert (out[3:5] == one_hot_rows([7, 40], 2)).all()
+    assert (out[5] == bitmask[3]).all()

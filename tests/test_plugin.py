@@ -1,0 +1,76 @@
+"""One flag: `--scheduler-cls radix_plugin.RadixScheduler` supplies jump-forward's drafts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from radix_plugin import plugin
+from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
+from radix_plugin.engine_core.jump_forward_drafts import NoDraftProposer
+from radix_plugin.engine_core.scheduler import RadixScheduler
+
+
+def _args(**kw: Any) -> SimpleNamespace:
+    base = {"scheduler_cls": "radix_plugin.RadixScheduler", "logits_processors": None}
+    return SimpleNamespace(**{"additional_config": {}, **base, **kw})
+
+
+@pytest.fixture
+def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "_on_cpu", lambda: True)
+
+
+def test_proposer_name_matches_the_class() -> None:
+    assert f"{NoDraftProposer.__module__}.{NoDraftProposer.__qualname__}" == JUMP_FORWARD_PROPOSER
+
+
+def test_scheduler_flag_alone_supplies_drafts_on_cpu(on_cpu: None) -> None:
+    spec = plugin.jump_forward_speculative_config(_args())
+    assert spec == {
+        "method": "custom_class",
+        "model": JUMP_FORWARD_PROPOSER,
+        "num_speculative_tokens": 16,
+    }
+
+
+def test_subclass_of_the_scheduler_counts(on_cpu: None) -> None:
+    class Mine(RadixScheduler):
+        pass
+
+    assert plugin.jump_forward_speculative_config(_args(scheduler_cls=Mine)) is not None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"scheduler_cls": None},
+        {"scheduler_cls": "vllm.v1.core.sched.scheduler.Scheduler"},
+        {"scheduler_cls": "no.such.Class"},
+        {"additional_config": {"radix_plugin": {"jump_forward": False}}},
+        {"logits_processors": ["some.Processor"]},
+    ],
+)
+def test_left_alone(on_cpu: None, kw: dict[str, Any]) -> None:
+    assert plugin.jump_forward_speculative_config(_args(**kw)) is None
+
+
+def test_off_cpu_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "_on_cpu", lambda: False)
+    assert plugin.jump_forward_speculative_config(_args()) is None
+    asked = _args(additional_config={"radix_plugin": {"jump_forward": True}})
+    assert plugin.jump_forward_speculative_config(asked) is not None
+
+
+def test_register_installs_the_seam_once() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+
+    from radix_plugin.compat import install_default_speculative_config
+
+    assert install_default_speculative_config(plugin.jump_forward_speculative_config)
+    assert install_default_speculative_config(plugin.jump_forward_speculative_config)
+    hook = EngineArgs.create_speculative_config
+    assert hook._radix_default is plugin.jump_forward_speculative_config  # type: ignore[attr-defined]
+    assert not hasattr(hook.__wrapped__, "_radix_default")  # type: ignore[attr-defined]
