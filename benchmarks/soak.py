@@ -51,9 +51,10 @@ PHASE_S = 15
 DRAFT_METRICS = ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
 
 
-def _agent_prompt(agent: str) -> str:
-    # ~600 tokens each: three agents and a few pinned prompts overflow the pool.
-    return " ".join(f"{agent} note {i}: value {i * 7 % 31}." for i in range(50))
+def _agent_prompt(agent: str, notes: int = 50) -> str:
+    # ~12 tokens a note: three 600-token agents overflow the pool; pinned prompts (10 notes,
+    # 3 blocks) fit the pin budget, so pins hold blocks, displace each other and expire.
+    return " ".join(f"{agent} note {i}: value {i * 7 % 31}." for i in range(notes))
 
 
 def _bodies(rng: random.Random, model: str, step: int) -> tuple[str, dict[str, Any]]:
@@ -78,9 +79,9 @@ def _bodies(rng: random.Random, model: str, step: int) -> tuple[str, dict[str, A
         body["temperature"] = rng.choice([0, 0.8])
         body["vllm_xargs"] = GRAPH.hints(f"wf{rng.randrange(3)}", current, agent)
     elif kind == "pin":
-        body = {**base, "prompt": _agent_prompt(f"pinned{rng.randrange(4)}"), "max_tokens": 4}
-        body["temperature"] = 0
-        body["vllm_xargs"] = {"radix_pin": True}
+        prompt = _agent_prompt(f"pinned{rng.randrange(6)}", notes=10)
+        body = {**base, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+        body["vllm_xargs"] = {"radix_pin": True, "radix_pin_ttl": rng.choice([20, 3600])}
     else:
         body = {**base, "prompt": _agent_prompt("stream"), "temperature": 0.8}
         body.update(max_tokens=64, stream=True)
@@ -139,6 +140,7 @@ def _snapshot(base: str, proc: psutil.Process) -> dict[str, float]:
     counters = ("vllm:prefix_cache_hits", "vllm:external_prefix_cache_hits", *DRAFT_METRICS)
     return {
         "kv_cache_usage_perc": _metric(base, "vllm:kv_cache_usage_perc"),
+        "pinned_kv_blocks": _metric(base, "radix_plugin:pinned_kv_blocks"),
         "rss_mib": _rss_mib(proc),
         **{name.split(":")[1]: _metric(base, name + "_total") for name in counters},
     }
@@ -216,7 +218,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in result["by_kind_status"].items())
     b, a = result["idle_before"], result["idle_after"]
-    delta = {key: f"{a[key] - b[key]:.0f}" for key in b if key not in ("kv_cache_usage_perc",)}
+    delta = {
+        key: f"{a[key] - b[key]:.0f}"
+        for key in b
+        if key not in ("kv_cache_usage_perc", "pinned_kv_blocks")
+    }
     return f"""# Soak: mixed traffic on the full plugin server
 
 {result["machine"]}; model `{result["model"]}`, {result["concurrency"]} concurrent clients,
@@ -232,6 +238,8 @@ the client hung up after the first chunk, by design).
 | stuck (client timeout, or still running after load) | {result["stuck"]} |
 | drain after load (s) | {result["drain_s"]} |
 | idle KV usage before / after | {b["kv_cache_usage_perc"]:.3f} / {a["kv_cache_usage_perc"]:.3f} |
+| pinned KV blocks (`radix_pin`) before / after | {b["pinned_kv_blocks"]:.0f} \
+/ {a["pinned_kv_blocks"]:.0f} |
 | server RSS before / after (MiB) | {b["rss_mib"]} / {a["rss_mib"]} |
 | server alive at the end | {result["server_alive"]} |
 | jump-forward draft tokens (accepted) | {delta["spec_decode_num_draft_tokens"]} \
