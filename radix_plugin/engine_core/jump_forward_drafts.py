@@ -121,9 +121,6 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
         return False
     if not has_grammar_keys(params.extra_args):
         return False
-    from vllm.sampling_params import StructuredOutputsParams
-    from vllm.v1.structured_output.request import StructuredOutputRequest
-
     try:
         spec = parse_grammar_spec(params.extra_args)
         assert spec is not None
@@ -131,12 +128,7 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
     except GrammarSpecError as exc:
         logger.error("request %s: ignoring radix grammar: %s", request.request_id, exc)
         return False
-    structured = StructuredOutputsParams(grammar=ebnf)
-    mark_xgrammar_backend(structured)
-    params.structured_outputs = structured
-    request.structured_output_request = StructuredOutputRequest(params=structured)
-    hold_until_grammar_compiled(request)
-    manager.grammar_init(request)
+    _install_grammar(request, manager, ebnf)
     return True
 
 
@@ -159,9 +151,6 @@ def make_vllm_json_strict(request: Request, manager: StructuredOutputManager) ->
         return False
     if type(manager.backend).__name__ != "XgrammarBackend":
         return False
-    from vllm.sampling_params import StructuredOutputsParams
-    from vllm.v1.structured_output.request import StructuredOutputRequest
-
     schema = structured.json
     any_whitespace = not manager.vllm_config.structured_outputs_config.disable_any_whitespace
     try:
@@ -171,13 +160,22 @@ def make_vllm_json_strict(request: Request, manager: StructuredOutputManager) ->
     except GrammarSpecError as exc:
         logger.debug("request %s: keeping vLLM's JSON grammar: %s", request.request_id, exc)
         return False
-    strict = StructuredOutputsParams(grammar=ebnf)
-    mark_xgrammar_backend(strict)
-    params.structured_outputs = strict
-    request.structured_output_request = StructuredOutputRequest(params=strict)
+    _install_grammar(request, manager, ebnf)
+    return True
+
+
+def _install_grammar(request: Request, manager: StructuredOutputManager, ebnf: str) -> None:
+    """Make ``ebnf`` the request's vLLM structured-output grammar, compiled by xgrammar in
+    the manager's pool; the request waits for it as vLLM's own structured requests do."""
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.v1.structured_output.request import StructuredOutputRequest
+
+    structured = StructuredOutputsParams(grammar=ebnf)
+    mark_xgrammar_backend(structured)
+    request.sampling_params.structured_outputs = structured
+    request.structured_output_request = StructuredOutputRequest(params=structured)
     hold_until_grammar_compiled(request)
     manager.grammar_init(request)
-    return True
 
 
 def forced_draft_tokens(
