@@ -29,7 +29,9 @@ where they are; what vLLM does not expose is reached only through this module:
   jump-forward).
 
 ``check_vllm_version`` refuses to patch a vLLM this module was not read from, unless the
-user opts in with ``RADIX_PLUGIN_ALLOW_UNTESTED_VLLM=1`` (then it warns).
+user opts in with ``RADIX_PLUGIN_ALLOW_UNTESTED_VLLM=1`` (then it warns): the scheduler
+raises before it patches anything, and plugin registration (every process) installs its
+patches only where ``vllm_version_allowed()``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,17 @@ def check_vllm_version(version: str | None = None) -> None:
         logger.warning("%s (%s=1: continuing)", message, ALLOW_UNTESTED_ENV)
         return
     raise UnsupportedVllmVersion(message)
+
+
+def vllm_version_allowed() -> bool:
+    """``check_vllm_version`` for code that must not raise (plugin registration in every
+    process): False, with the reason logged, where the patches must stay off."""
+    try:
+        check_vllm_version()
+    except UnsupportedVllmVersion as exc:
+        logger.warning("radix_plugin: leaving vLLM unpatched: %s", exc)
+        return False
+    return True
 
 
 # --- the block pool (vLLM 0.32.0: v1/core/kv_cache_coordinator.py, block_pool.py) --------
@@ -355,25 +368,20 @@ def _plain_sampling_logitsprocs(
 # --- one flag for jump-forward (vLLM 0.32.0: engine/arg_utils.py) --------------------------
 
 
-def install_default_speculative_config(default: Any) -> bool:
+def install_default_speculative_config(default: Any) -> None:
     """Let ``default(engine_args)`` supply a speculative config the user did not write.
 
     vLLM 0.32.0 runs drafts only when ``SpeculativeConfig`` exists, and builds it in
     ``EngineArgs.create_speculative_config`` from ``engine_args.speculative_config`` (a dict)
     while ``create_engine_config`` assembles ``VllmConfig`` in the user's process. The wrapper
     fills that dict from ``default`` (which returns a dict or None) only when the user gave
-    no speculative settings at all; everything else is vLLM's code. Installed once, only on a
-    supported vLLM; returns whether it is installed.
+    no speculative settings at all; everything else is vLLM's code (idempotent).
     """
-    from vllm import __version__
     from vllm.engine.arg_utils import EngineArgs
 
-    if _release(__version__) not in SUPPORTED_VLLM_VERSIONS:
-        logger.info("radix_plugin: vLLM %s: jump-forward needs --speculative-config", __version__)
-        return False
     original = EngineArgs.create_speculative_config
     if getattr(original, "_radix_default", None) is not None:
-        return True
+        return
 
     @functools.wraps(original)
     def create_speculative_config(self: EngineArgs, *args: Any, **kwargs: Any) -> Any:
@@ -389,4 +397,3 @@ def install_default_speculative_config(default: Any) -> bool:
 
     create_speculative_config._radix_default = default  # type: ignore[attr-defined]
     EngineArgs.create_speculative_config = create_speculative_config  # type: ignore[method-assign]
-    return True

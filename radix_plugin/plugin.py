@@ -35,12 +35,14 @@ def register() -> None:
         allow_plain_sampling_with_drafts,
         install_default_speculative_config,
         install_engine_args_check,
+        vllm_version_allowed,
     )
     from radix_plugin.core.config import check_plugin_config
 
-    install_default_speculative_config(jump_forward_speculative_config)
-    install_engine_args_check(check_plugin_config)
-    allow_plain_sampling_with_drafts(jump_forward_only)
+    if vllm_version_allowed():  # every patch below was read from a supported vLLM
+        install_default_speculative_config(jump_forward_speculative_config)
+        install_engine_args_check(check_plugin_config)
+        allow_plain_sampling_with_drafts(jump_forward_only)
 
     from radix_plugin.worker.attention.registration import register_attention_backends
 

@@ -69,8 +69,8 @@ def test_register_installs_the_seam_once() -> None:
 
     from radix_plugin.compat import install_default_speculative_config
 
-    assert install_default_speculative_config(plugin.jump_forward_speculative_config)
-    assert install_default_speculative_config(plugin.jump_forward_speculative_config)
+    install_default_speculative_config(plugin.jump_forward_speculative_config)
+    install_default_speculative_config(plugin.jump_forward_speculative_config)
     hook = EngineArgs.create_speculative_config
     assert hook._radix_default is plugin.jump_forward_speculative_config  # type: ignore[attr-defined]
     assert not hasattr(hook.__wrapped__, "_radix_default")  # type: ignore[attr-defined]

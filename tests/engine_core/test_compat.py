@@ -85,3 +85,17 @@ def test_plain_sampling_patch_applies_only_to_jump_forward_drafts() -> None:
     biased._validate_spec_decode(SimpleNamespace(model=JUMP_FORWARD_PROPOSER))
     with pytest.raises(VLLMValidationError, match="min_p and logit_bias"):
         biased._validate_spec_decode(SimpleNamespace(model="some/draft-model"))
+
+
+def test_registration_leaves_another_vllm_unpatched(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from radix_plugin.compat import vllm_version_allowed
+
+    monkeypatch.delenv(ALLOW_UNTESTED_ENV, raising=False)
+    monkeypatch.setattr(vllm, "__version__", "0.31.0")
+    with caplog.at_level(logging.WARNING, logger="radix_plugin.compat"):
+        assert not vllm_version_allowed()
+    assert "0.31.0" in caplog.text
+    monkeypatch.setattr(vllm, "__version__", SUPPORTED_VLLM_VERSIONS[0])
+    assert vllm_version_allowed()
