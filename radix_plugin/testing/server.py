@@ -78,11 +78,18 @@ def running_server(
 
 @contextlib.contextmanager
 def server_process(
-    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+    cmd: list[str],
+    port: int,
+    log: IO[str] | None = None,
+    timeout_s: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`running_server`, also yielding the process (to watch its memory or liveness)."""
+    """`running_server`, also yielding the process (to watch its memory or liveness).
+
+    `env` defaults to `server_env()`."""
     out = log if log is not None else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT)
+    env = server_env() if env is None else env
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,347 @@
+"""Scale-out side by side: 2 replicas behind vllm-router, vanilla vLLM vs the plugin.
+
+Each engine kind (vanilla vLLM, the plugin's RadixScheduler, optionally with another eviction
+policy) gets two replicas (one core each); each router policy (`round_robin`, `cache_aware`,
+`kv_aware`) then serves the same multi-tenant workload, with every replica's prefix cache
+emptied in between: several tenants, each with its own system prompt, each with multi-turn
+sessions whose next turn resends the whole history (previous answers included). The KV pool
+per replica is sized to hold about half of the tenants' system prompts plus the active
+sessions, so placement decides what stays cached.
+
+Reported per (engine, policy): aggregate throughput (requests/s, prompt and output tokens/s),
+TTFT (mean, p50, p90), the cluster-wide prefix hit ratio (sum of both replicas' vLLM
+`prefix_cache_hits` over `prefix_cache_queries`, in tokens), each replica's share of requests,
+and the router's own KV placement lookups. Ratios: plugin / vanilla under the same routing,
+and each policy / round_robin for the same engine, all from one run.
+
+    /work/bin/bench-run python benchmarks/scale_out.py --model real
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from results_io import machine, model_choices, write_results
+
+from radix_plugin.testing.cluster import (
+    BLOCK_SIZE,
+    ROUTER_POLICIES,
+    Replica,
+    metric,
+    reset_prefix_cache,
+    running_replicas,
+    running_router,
+    scrape,
+)
+from radix_plugin.testing.models import get_model_path
+
+NAME = "model"
+ENGINES = {
+    "vanilla": (False, []),
+    "plugin": (True, []),
+    "plugin-pinned": (
+        True,
+        ["--additional-config", json.dumps({"radix_plugin": {"eviction": "pinned"}})],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    tenant: int
+    system: list[int]
+    turns: list[list[int]]
+
+
+def build_sessions(args: argparse.Namespace, vocab: int) -> list[Session]:
+    """Tenants' system prompts and sessions' user turns as token ids, interleaved by tenant."""
+    rng = random.Random(args.seed)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(100, vocab - 100) for _ in range(n)]
+
+    systems = [ids(args.system_tokens) for _ in range(args.tenants)]
+    sessions = [
+        Session(t, systems[t], [ids(args.user_tokens) for _ in range(args.turns)])
+        for _ in range(args.sessions_per_tenant)
+        for t in range(args.tenants)
+    ]
+    return sessions
+
+
+def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[float, list[int]]:
+    """One streamed completion: (seconds to the first token, generated token ids)."""
+    body = {
+        "model": NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "return_token_ids": True,
+    }
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    ttft = None
+    out: list[int] = []
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                tokens = choice.get("token_ids") or []
+                if tokens and ttft is None:
+                    ttft = time.perf_counter() - start
+                out.extend(tokens)
+    if ttft is None:
+        raise RuntimeError("stream ended without a token")
+    return ttft, out
+
+
+def run_sessions(url: str, sessions: Sequence[Session], args: argparse.Namespace) -> dict:
+    """Play every session turn by turn; `concurrency` sessions at a time."""
+    records: list[dict] = []
+    lock = threading.Lock()
+
+    def play(session: Session) -> None:
+        history = list(session.system)
+        for user in session.turns:
+            history += user
+            ttft, out = stream_completion(url, history, args.output_tokens)
+            with lock:
+                records.append({"prompt": len(history), "output": len(out), "ttft": ttft})
+            history += out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        list(pool.map(play, sessions))
+    wall = time.perf_counter() - start
+    ttfts = sorted(r["ttft"] for r in records)
+    return {
+        "requests": len(records),
+        "wall_s": wall,
+        "requests_per_s": len(records) / wall,
+        "prompt_tokens_per_s": sum(r["prompt"] for r in records) / wall,
+        "output_tokens_per_s": sum(r["output"] for r in records) / wall,
+        "ttft_mean_s": statistics.fmean(ttfts),
+        "ttft_p50_s": ttfts[len(ttfts) // 2],
+        "ttft_p90_s": ttfts[int(len(ttfts) * 0.9)],
+    }
+
+
+def replica_counters(replicas: Sequence[Replica]) -> list[dict[str, float]]:
+    out = []
+    for r in replicas:
+        text = scrape(r.url)
+        out.append(
+            {
+                "hits": metric(text, "vllm:prefix_cache_hits_total"),
+                "queries": metric(text, "vllm:prefix_cache_queries_total"),
+                "requests": metric(text, "vllm:request_success_total"),
+            }
+        )
+    return out
+
+
+def run_policy(
+    policy: str, replicas: Sequence[Replica], sessions: Sequence[Session], args, log_dir: Path
+) -> dict:
+    for r in replicas:
+        reset_prefix_cache(r.url)
+    before = replica_counters(replicas)
+    with running_router(
+        policy, replicas, served_name=NAME, log=log_dir / f"router-{policy}.log"
+    ) as router:
+        result = run_sessions(router.url, sessions, args)
+        router_text = scrape(router.metrics_url)
+    after = replica_counters(replicas)
+    delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
+    hits, queries = sum(d["hits"] for d in delta), sum(d["queries"] for d in delta)
+    result["hit_ratio"] = hits / queries if queries else 0.0
+    result["replica_requests"] = [d["requests"] for d in delta]
+    result["replica_hit_ratio"] = [d["hits"] / d["queries"] if d["queries"] else 0.0 for d in delta]
+    lookups = "vllm_router_kv_placement_lookups_total"
+    result["router_kv_lookups"] = {
+        outcome: metric(router_text, lookups, result=outcome) for outcome in ("hit", "miss")
+    }
+    return result
+
+
+def warm_up(replicas: Sequence[Replica]) -> None:
+    """One short request per replica, so the first timed request pays no first-call cost."""
+    for r in replicas:
+        stream_completion(r.url, list(range(100, 100 + 2 * BLOCK_SIZE)), 2)
+
+
+def markdown(payload: dict) -> str:
+    res, args = payload["results"], payload["args"]
+    lines = [
+        "# Scale-out: 2 replicas behind vllm-router, vanilla vLLM vs radix-plugin",
+        "",
+        f"Model `{args['model']}`, {payload['machine']}; vllm-router {payload['router']}.",
+        f"Workload: {args['tenants']} tenants x {args['sessions_per_tenant']} sessions x "
+        f"{args['turns']} turns; system prompt {args['system_tokens']} tokens, user turn "
+        f"{args['user_tokens']}, answer {args['output_tokens']} tokens (in the next turn's "
+        f"history); {args['concurrency']} sessions at a time; KV pool {args['kv_blocks']} "
+        f"blocks x {BLOCK_SIZE} tokens per replica; each replica pinned to its own core.",
+        "",
+        "| engine | routing | req/s | prompt tok/s | out tok/s | TTFT mean s | TTFT p50 s "
+        "| TTFT p90 s | cluster hit ratio | requests per replica | router KV lookups hit/miss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for engine, per_policy in res.items():
+        for policy, r in per_policy.items():
+            kv = r["router_kv_lookups"]
+            lines.append(
+                f"| {engine} | {policy} | {r['requests_per_s']:.3f} | "
+                f"{r['prompt_tokens_per_s']:.0f} | {r['output_tokens_per_s']:.1f} | "
+                f"{r['ttft_mean_s']:.3f} | {r['ttft_p50_s']:.3f} | {r['ttft_p90_s']:.3f} | "
+                f"{r['hit_ratio']:.3f} | {'/'.join(f'{n:.0f}' for n in r['replica_requests'])} "
+                f"| {kv['hit']:.0f}/{kv['miss']:.0f} |"
+            )
+    lines += ["", "## Ratios (same run)", ""]
+    lines += ["| comparison | throughput (req/s) | TTFT mean | hit ratio |", "|---|---|---|---|"]
+    for comp, r in payload["ratios"].items():
+        lines.append(
+            f"| {comp} | {r['throughput']:.2f}x | {r['ttft_mean']:.2f}x | "
+            f"{r['hit_ratio_points']:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(results: dict) -> dict:
+    """plugin / vanilla per policy, and policy / round_robin per engine."""
+
+    def ratio(a: dict, b: dict) -> dict:
+        return {
+            "throughput": a["requests_per_s"] / b["requests_per_s"],
+            "ttft_mean": a["ttft_mean_s"] / b["ttft_mean_s"],
+            "hit_ratio_points": a["hit_ratio"] - b["hit_ratio"],
+        }
+
+    out = {}
+    base = results.get("vanilla", {})
+    for engine, per_policy in results.items():
+        for policy, r in per_policy.items():
+            if engine != "vanilla" and policy in base:
+                out[f"{engine} / vanilla, {policy}"] = ratio(r, base[policy])
+            if policy != "round_robin" and "round_robin" in per_policy:
+                out[f"{engine}: {policy} / round_robin"] = ratio(r, per_policy["round_robin"])
+    if "kv_aware" in results.get("plugin", {}) and "round_robin" in base:
+        out["plugin kv_aware / vanilla round_robin"] = ratio(
+            results["plugin"]["kv_aware"], base["round_robin"]
+        )
+    return out
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = payload["results"]
+    engines = list(res)
+    policies = [p for p in ROUTER_POLICIES if any(p in res[e] for e in engines)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [
+        ("requests_per_s", "throughput (requests/s)"),
+        ("ttft_mean_s", "mean TTFT (s)"),
+        ("hit_ratio", "cluster prefix hit ratio"),
+    ]
+    width = 0.8 / len(engines)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, engine in enumerate(engines):
+            values = [res[engine].get(p, {}).get(key, 0.0) for p in policies]
+            xs = [j + i * width for j in range(len(policies))]
+            ax.bar(xs, values, width, label=engine)
+        ax.set_xticks([j + width * (len(engines) - 1) / 2 for j in range(len(policies))])
+        ax.set_xticklabels(policies)
+        ax.set_title(title)
+    axes[0].legend()
+    fig.suptitle(
+        f"2 replicas behind vllm-router, {payload['args']['model']} ({payload['machine']})"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="real", choices=model_choices())
+    p.add_argument("--engines", default="vanilla,plugin", help=f"of {', '.join(ENGINES)}")
+    p.add_argument("--policies", default=",".join(ROUTER_POLICIES))
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--kv-blocks", type=int, default=96, help="KV pool per replica, in blocks")
+    p.add_argument("--tenants", type=int, default=6)
+    p.add_argument("--sessions-per-tenant", type=int, default=4)
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--system-tokens", type=int, default=512)
+    p.add_argument("--user-tokens", type=int, default=64)
+    p.add_argument("--output-tokens", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default=None, help="result file base name")
+    p.add_argument("--log-dir", default="/tmp/scale_out")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    engines = args.engines.split(",")
+    policies = args.policies.split(",")
+    for e in engines:
+        if e not in ENGINES:
+            raise SystemExit(f"unknown engine {e!r}; valid: {', '.join(ENGINES)}")
+    from importlib.metadata import version
+
+    from transformers import AutoConfig
+
+    model_path = get_model_path(args.model)
+    vocab = AutoConfig.from_pretrained(model_path).vocab_size
+    sessions = build_sessions(args, vocab)
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for engine in engines:
+        plugin, extra = ENGINES[engine]
+        with running_replicas(
+            model_path, args.replicas, plugin=plugin, kv_blocks=args.kv_blocks,
+            served_name=NAME, extra=["--max-num-seqs", str(args.concurrency), *extra],
+            log_dir=log_dir,
+        ) as replicas:  # fmt: skip
+            warm_up(replicas)
+            for policy in policies:
+                r = run_policy(policy, replicas, sessions, args, log_dir)
+                results.setdefault(engine, {})[policy] = r
+                print(engine, policy, json.dumps(r), flush=True)
+    payload = {
+        "machine": machine(),
+        "router": version("vllm-router"),
+        "args": vars(args),
+        "results": results,
+        "ratios": ratios(results),
+    }
+    name = args.name or f"scale_out_{args.model}_cpu"
+    out = write_results(args.out, name, payload, markdown(payload))
+    plot(payload, out / f"{name}.png")
+    print(markdown(payload))
+
+
+if __name__ == "__main__":
+    main()
