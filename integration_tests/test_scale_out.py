@@ -49,8 +49,13 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
         return json.loads(r.read())
 
 
-def _served(replicas: list[Replica]) -> list[float]:
-    return [metric(scrape(r.url), "vllm:request_success_total") for r in replicas]
+def _counters(replicas: list[Replica]) -> list[tuple[float, float]]:
+    """Per replica: (requests finished, prefix-cache hit tokens), from its own /metrics."""
+    texts = [scrape(r.url) for r in replicas]
+    return [
+        (metric(t, "vllm:request_success_total"), metric(t, "vllm:prefix_cache_hits_total"))
+        for t in texts
+    ]
 
 
 def _prefix(seed: int) -> list[int]:
@@ -75,35 +80,73 @@ def cluster(
 
 def test_shared_prefixes_stick_and_distinct_prefixes_spread(cluster) -> None:
     replicas, router = cluster
+    # First turns arrive together: nothing is cached yet, so the router spreads them by
+    # its own count of in-flight prefill work.
+    with ThreadPoolExecutor(NUM_PREFIXES) as pool:
+        list(
+            pool.map(
+                lambda p: _post(
+                    router.url, {"model": NAME, "prompt": [*_prefix(p), 1], "max_tokens": 16}
+                ),
+                range(NUM_PREFIXES),
+            )
+        )
+    time.sleep(EVENT_WAIT_S)
+
+    # Later turns, one at a time: each must land where its prefix is cached, and hit it.
     placement: dict[int, list[int]] = {}
-    hits_before = sum(metric(scrape(r.url), "vllm:prefix_cache_hits_total") for r in replicas)
-    for turn in range(REQUESTS_PER_PREFIX):
+    for turn in range(1, REQUESTS_PER_PREFIX):
         for p in range(NUM_PREFIXES):
-            before = _served(replicas)
-            prompt = [*_prefix(p), 7 + turn, 8 + p, 9]
-            _post(router.url, {"model": NAME, "prompt": prompt, "max_tokens": 2})
-            after = _served(replicas)
-            landed = [i for i in range(len(replicas)) if after[i] > before[i]]
+            before = _counters(replicas)
+            _post(router.url, {"model": NAME, "prompt": [*_prefix(p), 7 + turn], "max_tokens": 2})
+            after = _counters(replicas)
+            landed = [i for i in range(len(replicas)) if after[i][0] > before[i][0]]
             assert len(landed) == 1, (before, after)
+            hit_tokens = after[landed[0]][1] - before[landed[0]][1]
+            assert hit_tokens >= PREFIX_BLOCKS * BLOCK_SIZE, (p, turn, hit_tokens)
             placement.setdefault(p, []).append(landed[0])
             time.sleep(EVENT_WAIT_S)
 
-    # Every request of a prefix went where its first request computed it.
     for p, where in placement.items():
         assert len(set(where)) == 1, f"prefix {p} moved between replicas: {where}"
-    # Distinct prefixes used both replicas.
-    homes = {where[0] for where in placement.values()}
-    assert homes == {0, 1}, placement
+    assert {where[0] for where in placement.values()} == {0, 1}, placement
 
-    # Each replica's own counters: every repeat hit the whole shared prefix.
-    hits = sum(metric(scrape(r.url), "vllm:prefix_cache_hits_total") for r in replicas)
+    # The router's own view agrees: its KV index found every later turn's prefix.
+    lookups = scrape(router.metrics_url)
     repeats = NUM_PREFIXES * (REQUESTS_PER_PREFIX - 1)
-    assert hits - hits_before >= repeats * PREFIX_BLOCKS * BLOCK_SIZE
+    assert metric(lookups, "vllm_router_kv_placement_lookups_total", result="hit") >= repeats
 
-    router_metrics = scrape(router.metrics_url)
-    assert metric(router_metrics, "vllm_router_kv_placement_lookups_total", result="hit") >= (
-        repeats
+
+def test_chat_requests_are_rendered_by_the_replicas(cluster) -> None:
+    """Text needs no client-side tokenizer: the router asks each replica's
+    `/v1/chat/completions/render` (vLLM 0.32) for the token ids it then looks up."""
+    replicas, router = cluster
+    system = " ".join(f"rule {i}: answer briefly and cite source {i * 7}." for i in range(40))
+    where = []
+    for question in ("What is two plus two?", "Name a colour.", "Say hi."):
+        before = _counters(replicas)
+        body = {
+            "model": NAME,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 2,
+        }
+        req = urllib.request.Request(
+            router.url + "/v1/chat/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=120).read()
+        after = _counters(replicas)
+        where += [i for i in range(len(replicas)) if after[i][0] > before[i][0]]
+        time.sleep(EVENT_WAIT_S)
+    assert len(set(where)) == 1 and len(where) == 3, where
+    rendered = metric(
+        scrape(router.metrics_url), "vllm_router_kv_routing_inputs_total", result="render"
     )
+    assert rendered >= 3
 
 
 def test_killed_replica_loses_no_request(cluster) -> None:
@@ -122,7 +165,7 @@ def test_killed_replica_loses_no_request(cluster) -> None:
     assert victim.proc.wait(timeout=30) == -signal.SIGKILL
 
     # The survivor serves what follows; the router keeps answering.
-    before = _served(replicas[1:])[0]
+    before = _counters(replicas[1:])[0][0]
     for i in range(4):
         _post(router.url, {"model": NAME, "prompt": [*_prefix(200 + i), 3], "max_tokens": 2})
-    assert _served(replicas[1:])[0] - before == 4
+    assert _counters(replicas[1:])[0][0] - before == 4
