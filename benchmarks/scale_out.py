@@ -224,7 +224,7 @@ def markdown(payload: dict) -> str:
 
 
 def ratios(results: dict) -> dict:
-    """plugin / vanilla per policy, and policy / round_robin per engine."""
+    """Each engine / vanilla (and / plugin) per policy, and policy / round_robin per engine."""
 
     def ratio(a: dict, b: dict) -> dict:
         return {
@@ -237,8 +237,9 @@ def ratios(results: dict) -> dict:
     base = results.get("vanilla", {})
     for engine, per_policy in results.items():
         for policy, r in per_policy.items():
-            if engine != "vanilla" and policy in base:
-                out[f"{engine} / vanilla, {policy}"] = ratio(r, base[policy])
+            for other in ("vanilla", "plugin"):
+                if engine not in (other, "vanilla") and policy in results.get(other, {}):
+                    out[f"{engine} / {other}, {policy}"] = ratio(r, results[other][policy])
             if policy != "round_robin" and "round_robin" in per_policy:
                 out[f"{engine}: {policy} / round_robin"] = ratio(r, per_policy["round_robin"])
     if "kv_aware" in results.get("plugin", {}) and "round_robin" in base:

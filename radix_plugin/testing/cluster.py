@@ -64,7 +64,8 @@ class Replica:
     url: str
     events: str
     replay: str
-    proc: subprocess.Popen = field(repr=False)
+    proc: subprocess.Popen | None = field(repr=False)
+    """None for a replica this process did not start."""
 
 
 def replica_command(
