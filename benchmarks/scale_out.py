@@ -289,7 +289,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--kv-blocks", type=int, default=96, help="KV pool per replica, in blocks")
     p.add_argument("--tenants", type=int, default=6)
-    p.add_argument("--sessions-per-tenant", type=int, default=4)
+    p.add_argument("--sessions-per-tenant", type=int, default=3)
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--system-tokens", type=int, default=512)
     p.add_argument("--user-tokens", type=int, default=64)
@@ -309,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     for e in engines:
         if e not in ENGINES:
             raise SystemExit(f"unknown engine {e!r}; valid: {', '.join(ENGINES)}")
-    from importlib.metadata import version
-
     from transformers import AutoConfig
 
     model_path = get_model_path(args.model)
@@ -319,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    name = args.name or f"scale_out_{args.model}_cpu"
     for engine in engines:
         plugin, extra = ENGINES[engine]
         with running_replicas(
@@ -331,17 +330,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 r = run_policy(policy, replicas, sessions, args, log_dir)
                 results.setdefault(engine, {})[policy] = r
                 print(engine, policy, json.dumps(r), flush=True)
-    payload = {
+                # Written after every run, so a cut-short run keeps what it measured.
+                out = write_results(args.out, name, _payload(args, results), "")
+    payload = _payload(args, results)
+    out = write_results(args.out, name, payload, markdown(payload))
+    plot(payload, out / f"{name}.png")
+    print(markdown(payload))
+
+
+def _payload(args: argparse.Namespace, results: dict) -> dict:
+    from importlib.metadata import version
+
+    return {
         "machine": machine(),
         "router": version("vllm-router"),
         "args": vars(args),
         "results": results,
         "ratios": ratios(results),
     }
-    name = args.name or f"scale_out_{args.model}_cpu"
-    out = write_results(args.out, name, payload, markdown(payload))
-    plot(payload, out / f"{name}.png")
-    print(markdown(payload))
 
 
 if __name__ == "__main__":
