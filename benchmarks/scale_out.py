@@ -49,9 +49,14 @@ NAME = "model"
 ENGINES = {
     "vanilla": (False, []),
     "plugin": (True, []),
+    # Eviction that follows what keeps arriving: the prefixes the router keeps sending here.
     "plugin-pinned": (
         True,
         ["--additional-config", json.dumps({"radix_plugin": {"eviction": "pinned"}})],
+    ),
+    "plugin-adaptive": (
+        True,
+        ["--additional-config", json.dumps({"radix_plugin": {"eviction": "adaptive"}})],
     ),
 }
 
