@@ -14,12 +14,15 @@ vllm-router 0.1.17 source); missing any one leaves every placement lookup a miss
   127.0.0.1 and reports it on the replica's `GET /kv_event_sources`, which is what the
   router is then given (its own discovery wants SGLang's `/get_server_info`, which vLLM
   does not serve, so sources are static: `--kv-event-source URL=ENDPOINT`).
+- Text and chat requests are tokenized by the replicas: the router calls vLLM's
+  `/v1/completions/render` and `/v1/chat/completions/render`, which vLLM 0.32 answers only
+  when started with `--enable-scale-out` (403 otherwise: such requests then get no cache
+  credit and are placed by load alone). Token-id prompts need neither.
 - The router keeps only messages whose topic frame equals its source's topic exactly, and
   a static source's topic is empty: vLLM's `"topic"` must stay `""` (its default).
 - The router keys its index by its own hash of each block's token ids (from `BlockStored`),
   so vLLM's block-hash seed (`PYTHONHASHSEED`) need not match anything; the block size must
-  (`--kv-event-block-size` = vLLM's `--block-size`), and requests must carry token ids
-  (`"prompt": [ids...]`): the router has no tokenizer for text prompts over HTTP.
+  (`--kv-event-block-size` = vLLM's `--block-size`).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def replica_command(
     flags = [
         "--served-model-name",
         served_name,
+        # The render endpoints the router tokenizes text and chat requests with (403 without).
+        "--enable-scale-out",
         "--kv-events-config",
         json.dumps(KV_EVENTS_CONFIG),
         *(PLUGIN_FLAGS if plugin else ()),
