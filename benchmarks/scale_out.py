@@ -46,6 +46,7 @@ from radix_plugin.testing.cluster import (
 from radix_plugin.testing.models import get_model_path
 
 NAME = "model"
+REPLICA_FLAGS = ("--return-tokens-as-token-ids", "--max-num-seqs")
 ENGINES = {
     "vanilla": (False, []),
     "plugin": (True, []),
@@ -85,7 +86,12 @@ def build_sessions(args: argparse.Namespace, vocab: int) -> list[Session]:
 
 
 def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[float, list[int]]:
-    """One streamed completion: (seconds to the first token, generated token ids)."""
+    """One streamed completion: (seconds to the first token, generated token ids).
+
+    The ids come from the sampled tokens' logprobs, which the replicas spell `token_id:N`
+    (`--return-tokens-as-token-ids`): `return_token_ids` would be simpler, but vllm-router
+    0.1.17 then skips its KV lookup and places the request by load alone.
+    """
     body = {
         "model": NAME,
         "prompt": prompt,
@@ -93,7 +99,7 @@ def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[flo
         "min_tokens": max_tokens,
         "temperature": 0.0,
         "stream": True,
-        "return_token_ids": True,
+        "logprobs": 0,
     }
     req = urllib.request.Request(
         url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -106,12 +112,11 @@ def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[flo
             line = raw.decode().strip()
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices", []):
-                tokens = choice.get("token_ids") or []
+            for choice in json.loads(line[6:]).get("choices", []):
+                tokens = (choice.get("logprobs") or {}).get("tokens") or []
                 if tokens and ttft is None:
                     ttft = time.perf_counter() - start
-                out.extend(tokens)
+                out.extend(int(t.removeprefix("token_id:")) for t in tokens)
     if ttft is None:
         raise RuntimeError("stream ended without a token")
     return ttft, out
@@ -327,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         plugin, extra = ENGINES[engine]
         with running_replicas(
             model_path, args.replicas, plugin=plugin, kv_blocks=args.kv_blocks,
-            served_name=NAME, extra=["--max-num-seqs", str(args.concurrency), *extra],
+            served_name=NAME, extra=[*REPLICA_FLAGS, str(args.concurrency), *extra],
             log_dir=log_dir,
         ) as replicas:  # fmt: skip
             warm_up(replicas)
