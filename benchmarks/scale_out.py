@@ -99,7 +99,7 @@ def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[flo
         "min_tokens": max_tokens,
         "temperature": 0.0,
         "stream": True,
-        "logprobs": 0,
+        "logprobs": 1,
     }
     req = urllib.request.Request(
         url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -114,7 +114,7 @@ def stream_completion(url: str, prompt: list[int], max_tokens: int) -> tuple[flo
                 continue
             for choice in json.loads(line[6:]).get("choices", []):
                 tokens = (choice.get("logprobs") or {}).get("tokens") or []
-                if tokens and ttft is None:
+                if (tokens or choice.get("text")) and ttft is None:
                     ttft = time.perf_counter() - start
                 out.extend(int(t.removeprefix("token_id:")) for t in tokens)
     if ttft is None:
