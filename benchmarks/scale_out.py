@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
+import sys
 import threading
 import time
 import urllib.request
@@ -313,6 +315,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # `timeout`/bench-run stop with SIGTERM: exit through the context managers, which stop
+    # the replicas and the router (Python's default SIGTERM action would orphan them).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
     engines = args.engines.split(",")
     policies = args.policies.split(",")
