@@ -300,6 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policies", default=",".join(ROUTER_POLICIES))
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--kv-blocks", type=int, default=96, help="KV pool per replica, in blocks")
+    p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--tenants", type=int, default=6)
     p.add_argument("--sessions-per-tenant", type=int, default=3)
     p.add_argument("--turns", type=int, default=3)
@@ -337,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         plugin, extra = ENGINES[engine]
         with running_replicas(
             model_path, args.replicas, plugin=plugin, kv_blocks=args.kv_blocks,
-            served_name=NAME, extra=[*REPLICA_FLAGS, str(args.concurrency), *extra],
+            max_model_len=args.max_model_len, served_name=NAME, extra=[*REPLICA_FLAGS, str(args.concurrency), *extra],
             log_dir=log_dir,
         ) as replicas:  # fmt: skip
             warm_up(replicas)
