@@ -336,11 +336,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = args.name or f"scale_out_{args.model}_cpu"
     for engine in engines:
         plugin, extra = ENGINES[engine]
+        flags = [*REPLICA_FLAGS, str(args.concurrency), *extra]
         with running_replicas(
-            model_path, args.replicas, plugin=plugin, kv_blocks=args.kv_blocks,
-            max_model_len=args.max_model_len, served_name=NAME, extra=[*REPLICA_FLAGS, str(args.concurrency), *extra],
+            model_path,
+            args.replicas,
+            plugin=plugin,
+            kv_blocks=args.kv_blocks,
+            max_model_len=args.max_model_len,
+            served_name=NAME,
+            extra=flags,
             log_dir=log_dir,
-        ) as replicas:  # fmt: skip
+        ) as replicas:
             warm_up(replicas)
             for policy in policies:
                 r = run_policy(policy, replicas, sessions, args, log_dir)
