@@ -14,7 +14,7 @@ TTFT (mean, p50, p90), the cluster-wide prefix hit ratio (sum of both replicas' 
 and the router's own KV placement lookups. Ratios: plugin / vanilla under the same routing,
 and each policy / round_robin for the same engine, all from one run.
 
-    /work/bin/bench-run python benchmarks/scale_out.py --model real
+    python benchmarks/scale_out.py --model real
 """
 
 from __future__ import annotations
