@@ -31,6 +31,7 @@ from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group
 
 from radix_plugin.compat import BlockPoolSeam
 from radix_plugin.core.hints import RequestHintsMap
+from radix_plugin.core.policies.session import tag_session
 from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class RadixBlockPool(BlockPoolSeam):
             self._node_of[block.block_id] = node
             if block.ref_cnt > 0:
                 self.tree.hold(node)
+        tag_session(self.tree, request.request_id, node)
 
     def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
         super().touch(blocks)
