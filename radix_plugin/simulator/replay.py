@@ -63,12 +63,14 @@ def replay(
     concurrency: int = 1,
     clock: list[int] | None = None,
     on_admit: Callable[[int, TraceRequest], None] | None = None,
+    on_arrival: Callable[[int, TraceRequest], None] | None = None,
 ) -> ReplayResult:
     """Admit requests in trace order, finishing the oldest when full; count hit tokens.
 
     A request that does not fit while others are in flight waits for the oldest to finish,
     as a real engine would queue it. ``clock[0]`` is set to the index being admitted (the
-    Belady oracle reads it).
+    Belady oracle reads it). ``on_arrival`` sees each request before its admission (where an
+    engine's scheduler sees a new request), ``on_admit`` after it.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -79,6 +81,8 @@ def replay(
         if clock is not None:
             clock[0] = index
         t0 = time.perf_counter()
+        if on_arrival is not None:
+            on_arrival(index, req)
         while len(in_flight) >= concurrency:
             driver.finish(in_flight.popleft())
         hit = driver.admit(index, req)
@@ -153,12 +157,12 @@ def run_policy(
     if isinstance(policy, BeladyPolicy):
         policy.set_oracle(belady_oracle(trace, block_size, clock))
     driver = RadixDriver(capacity_blocks, block_size, policy)
-    on_admit = None
+    on_admit = on_arrival = None
     if isinstance(policy, WorkflowPolicy):
         on_admit = workflow_hints(trace, driver, policy)
     if isinstance(policy, SessionPolicy):
-        on_admit = session_hints(driver, policy, hints)
-    return replay(trace, driver, block_size, concurrency, clock, on_admit)
+        on_arrival, on_admit = session_hints(driver, policy, hints)
+    return replay(trace, driver, block_size, concurrency, clock, on_admit, on_arrival)
 
 
 def workflow_hints(
@@ -191,24 +195,25 @@ def workflow_hints(
 
 def session_hints(
     driver: RadixDriver, policy: SessionPolicy, hints: Sequence[ClientHints] | None
-) -> Callable[[int, TraceRequest], None]:
-    """What the engine does with a request's session hints: note them when it arrives and
-    tag its cached prompt as the session's tail."""
+) -> tuple[Callable[[int, TraceRequest], None], Callable[[int, TraceRequest], None]]:
+    """What the engine does with a request's session hints: note them when it arrives, tag
+    its cached prompt as the session's tail once admitted."""
     bs = driver.block_size
 
-    def on_admit(index: int, req: TraceRequest) -> None:
+    def on_arrival(index: int, req: TraceRequest) -> None:
         h = hints[index] if hints is not None else None
-        pages = request_pages(index, req, bs)[0]
         policy.note_request(
             index,
             h.session if h is not None else None,
-            pages,
+            request_pages(index, req, bs)[0],
             session_end=h.session_end if h is not None else False,
         )
+
+    def on_admit(index: int, req: TraceRequest) -> None:
         policy.tag(index, driver.node_of(index))
         policy.forget_request(index)
 
-    return on_admit
+    return on_arrival, on_admit
 
 
 def footprint_blocks(trace: Sequence[TraceRequest], block_size: int) -> int:

@@ -22,8 +22,9 @@ its space by hits per unit of time it occupies).
   evicted first, least recently used first. Prefixes several sessions share are ranked by
   their own hit rate.
 
-Never worse than LRU beyond a bounded probe: a shadow LRU over page keys (no KV, just the
-keys, sized like the cache) counts the hits LRU would get. When LRU beats the density ranking
+Never worse than LRU beyond a bounded probe: a shadow LRU over the same page keys the tree
+caches (no KV, just the keys, sized like the cache once it fills) counts the hits LRU would
+get. When LRU beats the density ranking
 over a window of requests, the policy ranks like LRU for ``lru_hold`` requests and then
 probes the density ranking again.
 
@@ -35,7 +36,7 @@ key of its last event, as the tree's lazy heap requires.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 TURN_KEY = "session_turn"
+CREATED_KEY = "session_created_turn"
 SHARED = "*"
 """Tag of a node that prompts of several sessions pass through."""
 _BUCKETS_PER_OCTAVE = 4
@@ -59,6 +61,9 @@ class _Session:
     last_turn: int
     turns: int
     ended: bool = False
+    counted_silent: bool = False
+    """Its last turn was counted as a session's last (silent past the horizon); undone if
+    the session comes back after all."""
 
 
 class SessionPolicy(EvictionPolicy):
@@ -113,8 +118,9 @@ class SessionPolicy(EvictionPolicy):
             state.last_turn, state.turns = now, state.turns + 1
             self._sessions.move_to_end(key)
         state.ended = session_end
+        self._pending.append((now, key))
         if session is None and pages:
-            self._ends[pages[-1]] = key
+            self._ends[pages[-1]] = (key, state.turns)
             self._ends.move_to_end(pages[-1])
             while len(self._ends) > self.max_sessions:
                 self._ends.popitem(last=False)
@@ -137,6 +143,8 @@ class SessionPolicy(EvictionPolicy):
             old = n.metadata.get(TURN_KEY)
             if old == turn:
                 break
+            if old is None:
+                n.metadata[CREATED_KEY] = turn[1]
             n.metadata[TURN_KEY] = turn if old is None or old[0] == turn[0] else (SHARED, 0)
             tree.refresh(n)
 
@@ -172,11 +180,7 @@ class SessionPolicy(EvictionPolicy):
             if page not in shadow:
                 break
             hit += 1
-        for page in pages:
-            shadow[page] = None
-            shadow.move_to_end(page)
-        while len(shadow) > self._shadow_capacity:
-            shadow.popitem(last=False)
+        self._shadow_insert(pages)
         decay = 1.0 - 1.0 / self.window
         self._lru_score = self._lru_score * decay + hit
         self._own_score *= decay
@@ -184,8 +188,16 @@ class SessionPolicy(EvictionPolicy):
         if self.lru_mode:
             if self._since_switch >= self.lru_hold:
                 self._switch(lru=False)
-        elif self._since_switch >= self.window and self._lru_score > 1.02 * self._own_score:
+        elif self._since_switch >= 2 * self.window and self._lru_score > 1.02 * self._own_score:
             self._switch(lru=True)
+
+    def _shadow_insert(self, pages: Sequence[Hashable]) -> None:
+        shadow = self._shadow
+        for page in pages:
+            shadow[page] = None
+            shadow.move_to_end(page)
+        while len(shadow) > self._shadow_capacity:
+            shadow.popitem(last=False)
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
@@ -212,11 +224,16 @@ class SessionPolicy(EvictionPolicy):
     # --- learning -------------------------------------------------------------------------
 
     def _infer(self, pages: Sequence[Hashable], now: int) -> Hashable:
-        """The session whose earlier prompt this one extends (deepest match), else a new one."""
+        """The session whose latest prompt this one extends (deepest match); a new one when
+        none does, or when it extends an older turn (a branch, as a regenerated answer)."""
         for page in reversed(pages):
-            key = self._ends.get(page)
-            if key is not None and key in self._sessions:
-                return key
+            found = self._ends.get(page)
+            if found is not None:
+                key, turn = found
+                state = self._sessions.get(key)
+                if state is not None and state.turns == turn:
+                    return key
+                break
         return ("req", now)
 
     def _continue_share(self, turns: int) -> float:
@@ -231,19 +248,28 @@ class SessionPolicy(EvictionPolicy):
             return
         k = min(state.turns, _TURN_CLASSES) - 1
         if continued:
+            if state.counted_silent:
+                self._silent[k] -= 1
+                state.counted_silent = False
             self._continued[k] += 1
             self._gaps[_bucket(gap)] += 1
             self._num_gaps += 1
-        else:
+        elif not state.counted_silent:
             self._silent[k] += 1
+            state.counted_silent = True
 
     def _expire(self, now: int) -> None:
-        while self._sessions:
-            key, state = next(iter(self._sessions.items()))
-            if now - state.last_turn <= self._horizon and len(self._sessions) <= self.max_sessions:
-                break
-            self._resolve(state, continued=False)
-            del self._sessions[key]
+        """Count turns silent past the horizon as last turns; forget the oldest sessions
+        beyond ``max_sessions``. Sessions stay known after that, so a late next turn still
+        teaches its gap (cutting the history at the horizon would shrink it each time)."""
+        pending = self._pending
+        while pending and now - pending[0][0] > self._horizon:
+            turn_at, key = pending.popleft()
+            state = self._sessions.get(key)
+            if state is not None and state.last_turn == turn_at:
+                self._resolve(state, continued=False)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
 
     def _refresh_tables(self) -> None:
         """Survival and expected gap per age bucket from the gap histogram (O(buckets))."""
@@ -279,6 +305,7 @@ class SessionPolicy(EvictionPolicy):
 
     def on_insert(self, node: RadixNode) -> None:
         node.metadata["born"] = self.requests
+        self._shadow_insert(node.pages)  # outputs take room in the shadow LRU too
         origin = node.metadata.get("origin", "prompt")
         self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
 
@@ -293,12 +320,14 @@ class SessionPolicy(EvictionPolicy):
 
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         if self.tree is not None:  # the cache is full: size the shadow LRU like it
-            self._shadow_capacity = max(self._shadow_capacity, self.tree.stats().cached_blocks)
+            self._full_at = max(self._full_at, self.tree.stats().cached_blocks)
+            self._shadow_capacity = self._full_at
 
     def on_reset(self) -> None:
         self.requests = 0
         self._sessions: OrderedDict[Hashable, _Session] = OrderedDict()
-        self._ends: OrderedDict[Hashable, Hashable] = OrderedDict()
+        self._pending: deque[tuple[int, Hashable]] = deque()
+        self._ends: OrderedDict[Hashable, tuple[Hashable, int]] = OrderedDict()
         self._turn_of: dict[Hashable, tuple[Hashable, int]] = {}
         self._gaps = [0] * _NUM_BUCKETS
         self._num_gaps = 0
@@ -312,7 +341,8 @@ class SessionPolicy(EvictionPolicy):
         self._reused: dict[str, int] = {}
         self.lru_mode = False
         self._shadow: OrderedDict[Hashable, None] = OrderedDict()
-        self._shadow_capacity = 1 << 20
+        self._shadow_capacity = 1 << 30  # until the cache first fills
+        self._full_at = 0
         self._lru_score = self._own_score = 0.0
         self._since_switch = 0
 
