@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 TURN_KEY = "session_turn"
 CREATED_KEY = "session_created_turn"
+LAST_HIT_KEY = "session_last_hit"
 SHARED = "*"
 """Tag of a node that prompts of several sessions pass through."""
 _BUCKETS_PER_OCTAVE = 4
@@ -66,6 +67,55 @@ class _Session:
     the session comes back after all."""
 
 
+class _GapModel:
+    """A learned distribution of gaps (in requests) between uses: survival and expected
+    remaining wait per age, from a log-bucketed histogram refreshed every few requests."""
+
+    def __init__(self, quantile: float, initial_horizon: int = 4096) -> None:
+        self.quantile = quantile
+        self.counts = [0] * _NUM_BUCKETS
+        self.total = 0
+        self.horizon = initial_horizon
+        # Before any gap is seen: every age survives, the next use is a horizon away.
+        self.survival = [1.0] * _NUM_BUCKETS
+        self.wait = [float(initial_horizon)] * _NUM_BUCKETS
+
+    def observe(self, gap: int) -> None:
+        self.counts[_bucket(gap)] += 1
+        self.total += 1
+
+    def alive_and_wait(self, age: int) -> tuple[float, float]:
+        """P(gap > age) and the expected wait left, E[gap - age | gap > age]."""
+        b = _bucket(age)
+        return self.survival[b], max(1.0, self.wait[b] - age)
+
+    def refresh(self) -> None:
+        """Survival, expected gap and horizon per bucket (O(buckets))."""
+        if self.total == 0:
+            return
+        total = float(self.total)
+        tail_n = tail_sum = 0.0
+        survival = [0.0] * _NUM_BUCKETS
+        wait = [0.0] * _NUM_BUCKETS
+        for b in range(_NUM_BUCKETS - 1, -1, -1):
+            c = self.counts[b]
+            tail_n += c
+            tail_sum += c * _bucket_mid(b)
+            survival[b] = (tail_n - c / 2.0) / total
+            wait[b] = tail_sum / tail_n if tail_n else 0.0
+        self.survival, self.wait = survival, wait
+        cum, last = 0.0, _NUM_BUCKETS - 1
+        for b in range(_NUM_BUCKETS):
+            cum += self.counts[b]
+            if cum >= self.quantile * total:
+                last = b
+                break
+        self.horizon = max(64, int(_bucket_mid(last + 1)))
+        if self.total > 1 << 20:  # forget slowly: halve the history
+            self.counts = [c // 2 for c in self.counts]
+            self.total = sum(self.counts)
+
+
 class SessionPolicy(EvictionPolicy):
     name = "session"
     description = "hit density per conversation: live tails kept until their next turn"
@@ -76,8 +126,9 @@ class SessionPolicy(EvictionPolicy):
         rekey_every: int = 16,
         max_sessions: int = 1 << 16,
         stale_quantile: float = 0.99,
-        window: int = 500,
+        window: int = 2000,
         lru_hold: int = 4000,
+        lru_margin: float = 0.02,
     ) -> None:
         super().__init__()
         if rekey_every < 1:
@@ -93,6 +144,7 @@ class SessionPolicy(EvictionPolicy):
             raise ValueError(f"window and lru_hold must be >= 1, got {window}, {lru_hold}")
         self.window = window
         self.lru_hold = lru_hold
+        self.lru_margin = lru_margin
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -128,7 +180,8 @@ class SessionPolicy(EvictionPolicy):
         self._expire(now)
         self._duel(pages)
         if now % self.rekey_every == 0:
-            self._refresh_tables()
+            self._turn_gaps.refresh()
+            self._hit_gaps.refresh()
             self.version += 1
         return key
 
@@ -165,8 +218,14 @@ class SessionPolicy(EvictionPolicy):
         return self._live_density(state) * self._origin_factor(node)
 
     def _hit_rate(self, node: RadixNode) -> float:
-        born = node.metadata.get("born", self.requests)
-        return node.hit_count / (self.requests - born + 1)
+        """A shared prefix's density from the learned gaps between hits of shared prefixes:
+        one hit often counts for little, a prefix silent for longer than they ever are for
+        nothing (a finished problem's prompt must not hog the cache as under LFU)."""
+        if node.hit_count == 0:
+            return 0.0
+        age = self.requests - node.metadata.get(LAST_HIT_KEY, self.requests)
+        survive, wait = self._hit_gaps.alive_and_wait(age)
+        return survive / wait
 
     def key(self, node: RadixNode) -> Any:
         if self.lru_mode:
@@ -181,15 +240,24 @@ class SessionPolicy(EvictionPolicy):
                 break
             hit += 1
         self._shadow_insert(pages)
-        decay = 1.0 - 1.0 / self.window
-        self._lru_score = self._lru_score * decay + hit
-        self._own_score *= decay
+        # Decide on the requests both sides have counted: this one's own hits come later.
         self._since_switch += 1
         if self.lru_mode:
             if self._since_switch >= self.lru_hold:
                 self._switch(lru=False)
-        elif self._since_switch >= 2 * self.window and self._lru_score > 1.02 * self._own_score:
+        elif self._lru_wins():
             self._switch(lru=True)
+        decay = 1.0 - 1.0 / self.window
+        self._lru_score = self._lru_score * decay + hit
+        self._own_score *= decay
+
+    def _lru_wins(self) -> bool:
+        """LRU beat us by ``lru_margin`` over a window, or by three times that over a quarter
+        of one (a large loss shows early; short traces must not wait a whole window)."""
+        n, lru, own = self._since_switch, self._lru_score, self._own_score
+        if n >= self.window:
+            return lru > (1.0 + self.lru_margin) * own
+        return n >= self.window // 4 and lru > (1.0 + 3 * self.lru_margin) * own
 
     def _shadow_insert(self, pages: Sequence[Hashable]) -> None:
         shadow = self._shadow
@@ -207,13 +275,12 @@ class SessionPolicy(EvictionPolicy):
 
     def _live_density(self, state: _Session) -> float:
         age = self.requests - state.last_turn
-        b = _bucket(age)
-        survive, wait = self._survival[b], self._wait[b]
+        survive, wait = self._turn_gaps.alive_and_wait(age)
         if survive <= 0.0:
             return 0.0
         p = self._continue_share(state.turns)
         alive = p * survive / (p * survive + 1.0 - p)
-        return alive / max(1.0, wait - age)
+        return alive / wait
 
     def _origin_factor(self, node: RadixNode) -> float:
         origin = node.metadata.get("origin", "prompt")
@@ -252,8 +319,7 @@ class SessionPolicy(EvictionPolicy):
                 self._silent[k] -= 1
                 state.counted_silent = False
             self._continued[k] += 1
-            self._gaps[_bucket(gap)] += 1
-            self._num_gaps += 1
+            self._turn_gaps.observe(gap)
         elif not state.counted_silent:
             self._silent[k] += 1
             state.counted_silent = True
@@ -263,40 +329,13 @@ class SessionPolicy(EvictionPolicy):
         beyond ``max_sessions``. Sessions stay known after that, so a late next turn still
         teaches its gap (cutting the history at the horizon would shrink it each time)."""
         pending = self._pending
-        while pending and now - pending[0][0] > self._horizon:
+        while pending and now - pending[0][0] > self._turn_gaps.horizon:
             turn_at, key = pending.popleft()
             state = self._sessions.get(key)
             if state is not None and state.last_turn == turn_at:
                 self._resolve(state, continued=False)
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
-
-    def _refresh_tables(self) -> None:
-        """Survival and expected gap per age bucket from the gap histogram (O(buckets))."""
-        total = float(self._num_gaps)
-        if total == 0:
-            return
-        mids = [_bucket_mid(b) for b in range(_NUM_BUCKETS)]
-        tail_n = tail_sum = 0.0
-        survival = [0.0] * _NUM_BUCKETS
-        wait = [0.0] * _NUM_BUCKETS
-        for b in range(_NUM_BUCKETS - 1, -1, -1):
-            c = self._gaps[b]
-            tail_n += c
-            tail_sum += c * mids[b]
-            survival[b] = (tail_n - c / 2.0) / total
-            wait[b] = tail_sum / tail_n if tail_n else 0.0
-        self._survival, self._wait = survival, wait
-        cum, horizon = 0.0, _NUM_BUCKETS - 1
-        for b in range(_NUM_BUCKETS):
-            cum += self._gaps[b]
-            if cum >= self.stale_quantile * total:
-                horizon = b
-                break
-        self._horizon = max(64, int(_bucket_mid(horizon + 1)))
-        if self._num_gaps > 1 << 20:  # forget slowly: halve the history
-            self._gaps = [c // 2 for c in self._gaps]
-            self._num_gaps = sum(self._gaps)
 
     def _reuse_share(self, origin: str) -> float:
         return (self._reused.get(origin, 0) + 1) / (self._inserted.get(origin, 0) + 2)
@@ -311,12 +350,20 @@ class SessionPolicy(EvictionPolicy):
 
     def on_hit(self, node: RadixNode) -> None:
         self._own_score += node.num_blocks
+        tag = node.metadata.get(TURN_KEY)
+        if tag is None or tag[0] == SHARED:
+            last = node.metadata.get(LAST_HIT_KEY, node.metadata.get("born"))
+            if last is not None and last < self.requests:
+                self._hit_gaps.observe(self.requests - last)
+        node.metadata[LAST_HIT_KEY] = self.requests
         if node.hit_count == 1:
             origin = node.metadata.get("origin", "prompt")
             self._reused[origin] = self._reused.get(origin, 0) + node.num_blocks
 
     def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
         upper.metadata.setdefault("born", lower.metadata.get("born", self.requests))
+        if LAST_HIT_KEY in lower.metadata:
+            upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
 
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         if self.tree is not None:  # the cache is full: size the shadow LRU like it
@@ -329,14 +376,10 @@ class SessionPolicy(EvictionPolicy):
         self._pending: deque[tuple[int, Hashable]] = deque()
         self._ends: OrderedDict[Hashable, tuple[Hashable, int]] = OrderedDict()
         self._turn_of: dict[Hashable, tuple[Hashable, int]] = {}
-        self._gaps = [0] * _NUM_BUCKETS
-        self._num_gaps = 0
+        self._turn_gaps = _GapModel(self.stale_quantile)
+        self._hit_gaps = _GapModel(self.stale_quantile)
         self._continued = [0] * _TURN_CLASSES
         self._silent = [0] * _TURN_CLASSES
-        self._horizon = 4096
-        # Before any gap is seen: every age survives, next turn expected a horizon away.
-        self._survival = [1.0] * _NUM_BUCKETS
-        self._wait = [float(self._horizon)] * _NUM_BUCKETS
         self._inserted: dict[str, int] = {}
         self._reused: dict[str, int] = {}
         self.lru_mode = False
