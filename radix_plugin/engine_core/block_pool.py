@@ -380,5 +380,9 @@ class RadixBlockPool(BlockPoolSeam):
 
     # --- hints ---------------------------------------------------------------------------
 
+    def page_keys(self, block_hashes: Iterable[Any], group_id: int = 0) -> list[Any]:
+        """The tree's page keys for a request's block hashes (what policies see as pages)."""
+        return [make_block_hash_with_group_id(h, group_id) for h in block_hashes]
+
     def node_of_block(self, block_id: int) -> RadixNode | None:
         return self._node_of.get(block_id) or self._alias_of.get(block_id)

@@ -222,8 +222,9 @@ class RadixSchedulerMixin(SchedulerSeam):
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
         if new and self._radix_sessions is not None:
             session = request_session(request, hints)
+            pages = self.radix_pool.page_keys(request.block_hashes)  # type: ignore[union-attr]
             self._radix_sessions.note_request(
-                request.request_id, session, request.block_hashes, session_end=hints.session_end
+                request.request_id, session, pages, session_end=hints.session_end
             )
         manager = self.structured_output_manager  # type: ignore[attr-defined]
         # vLLM's JSON-schema grammars allow raw control characters in strings; ours do not.

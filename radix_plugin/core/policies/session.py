@@ -269,6 +269,7 @@ class SessionPolicy(EvictionPolicy):
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
+        self.lru_switches += lru
         self._since_switch = 0
         self._lru_score = self._own_score = 0.0
         self.version += 1
@@ -383,6 +384,7 @@ class SessionPolicy(EvictionPolicy):
         self._inserted: dict[str, int] = {}
         self._reused: dict[str, int] = {}
         self.lru_mode = False
+        self.lru_switches = 0
         self._shadow: OrderedDict[Hashable, None] = OrderedDict()
         self._shadow_capacity = 1 << 30  # until the cache first fills
         self._full_at = 0
