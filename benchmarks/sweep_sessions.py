@@ -74,9 +74,13 @@ def sweep(traces: dict[str, str], block_size: int, concurrency: int) -> list[dic
     return rows
 
 
-def markdown(rows: list[dict], block_size: int, concurrency: int) -> str:
+def markdown(rows: list[dict], block_size: int, concurrency: int, cpu: str) -> str:
     lines = [
         "# Session-aware eviction on the Mooncake FAST25 traces (trace simulator)",
+        "",
+        f"Simulator (no model runs; vLLM's own cache manager for `vllm`), on {cpu}. "
+        "Reproduce: `python benchmarks/sweep_sessions.py --trace conversation=PATH "
+        "--trace synthetic=PATH`.",
         "",
         f"Block size {block_size}, concurrency {concurrency}, full replays; capacity as a share "
         "of the trace's unique blocks. Prompt-token hit ratio; in brackets the share of the "
@@ -133,7 +137,7 @@ def main() -> None:
     traces = dict(t.split("=", 1) for t in args.trace)
     rows = sweep(traces, args.block_size, args.concurrency)
     meta = {"machine": machine(), "python": platform.python_version()}
-    md = markdown(rows, args.block_size, args.concurrency)
+    md = markdown(rows, args.block_size, args.concurrency, meta["machine"])
     out = write_results(args.out, "session_sweep", {"meta": meta, "rows": rows}, md)
     plot(rows, out / "session_sweep.png")
     print(f"wrote {out}/session_sweep.{{json,md,png}}")
