@@ -4,9 +4,11 @@
         [--out benchmarks/results]
 
 The Mooncake FAST25 traces (``conversation_trace.jsonl``, ``synthetic_trace.jsonl``; block
-size 512) are not committed: pass their paths. Conversations are derived from the hash-id
-chains (``radix_plugin.simulator.sessions``); the replay sends session ids and, for a share of
-sessions, a last-turn hint. Capacity is a share of the trace's unique hash ids.
+size 512) are not committed: pass their paths. ``NAME=workload:chat_sessions`` replays a
+synthetic generator instead (its conversations are the generator's own). Mooncake traces'
+conversations are derived from the hash-id chains (``radix_plugin.simulator.sessions``); the
+replay sends session ids and, for a share of sessions, a last-turn hint. Capacity is a share
+of the trace's unique hash ids.
 ``gap closed`` = (policy - lru) / (belady - lru), ``belady`` being the exact per-block optimum.
 """
 
@@ -18,8 +20,9 @@ from pathlib import Path
 
 from results_io import machine, write_results
 
+from radix_plugin.simulator.generators import generate
 from radix_plugin.simulator.replay import run_policy
-from radix_plugin.simulator.sessions import client_hints, derive_sessions, session_stats
+from radix_plugin.simulator.sessions import client_hints, session_stats, trace_sessions
 from radix_plugin.simulator.trace import load_mooncake
 
 FRACTIONS = (0.02, 0.05, 0.10)
@@ -41,9 +44,12 @@ COLUMNS = [v[0] for v in VARIANTS]
 def sweep(traces: dict[str, str], block_size: int, concurrency: int) -> list[dict]:
     rows = []
     for name, path in traces.items():
-        trace = load_mooncake(path, block_size)
+        if path.startswith("workload:"):
+            trace = generate(path.removeprefix("workload:"), block_size=block_size)
+        else:
+            trace = load_mooncake(path, block_size)
         unique = len({h for r in trace for h in r.hash_ids})
-        turns = derive_sessions(trace, block_size)
+        turns = trace_sessions(trace, block_size)
         stats = session_stats(turns)
         for fraction in FRACTIONS:
             cap = int(unique * fraction)
@@ -76,11 +82,12 @@ def sweep(traces: dict[str, str], block_size: int, concurrency: int) -> list[dic
 
 def markdown(rows: list[dict], block_size: int, concurrency: int, cpu: str) -> str:
     lines = [
-        "# Session-aware eviction on the Mooncake FAST25 traces (trace simulator)",
+        "# Session-aware eviction on the Mooncake FAST25 traces and `chat_sessions` "
+        "(trace simulator)",
         "",
         f"Simulator (no model runs; vLLM's own cache manager for `vllm`), on {cpu}. "
         "Reproduce: `python benchmarks/sweep_sessions.py --trace conversation=PATH "
-        "--trace synthetic=PATH`.",
+        "--trace synthetic=PATH --trace chat_sessions=workload:chat_sessions`.",
         "",
         f"Block size {block_size}, concurrency {concurrency}, full replays; capacity as a share "
         "of the trace's unique blocks. Prompt-token hit ratio; in brackets the share of the "

@@ -62,6 +62,25 @@ def derive_sessions(trace: Sequence[TraceRequest], block_size: int) -> list[Turn
     return out
 
 
+def trace_sessions(trace: Sequence[TraceRequest], block_size: int) -> list[Turn]:
+    """The trace's own conversations when every request names one (``extra["session"]``, as
+    the synthetic generators do), else :func:`derive_sessions`."""
+    if not trace or any("session" not in r.extra for r in trace):
+        return derive_sessions(trace, block_size)
+    final: dict[object, int] = {r.extra["session"]: i for i, r in enumerate(trace)}
+    seen: dict[object, tuple[int, int]] = {}  # session -> (first index, last index so far)
+    count: dict[object, int] = {}
+    out = []
+    for index, r in enumerate(trace):
+        s = r.extra["session"]
+        first, prev = seen.get(s, (index, None))  # type: ignore[arg-type]
+        seen[s] = (first, index)
+        count[s] = count.get(s, -1) + 1
+        gap = None if prev is None else index - prev
+        out.append(Turn(first, count[s], final[s] == index, gap))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ClientHints:
     """What the replay tells the cache about one request, as a client's request would."""
