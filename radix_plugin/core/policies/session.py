@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 TURN_KEY = "session_turn"
-CREATED_KEY = "session_created_turn"
 LAST_HIT_KEY = "session_last_hit"
 SHARED = "*"
 """Tag of a node that prompts of several sessions pass through."""
@@ -142,6 +141,8 @@ class SessionPolicy(EvictionPolicy):
         self.stale_quantile = stale_quantile
         if window < 1 or lru_hold < 1:
             raise ValueError(f"window and lru_hold must be >= 1, got {window}, {lru_hold}")
+        if lru_margin < 0.0:
+            raise ValueError(f"lru_margin must be >= 0, got {lru_margin}")
         self.window = window
         self.lru_hold = lru_hold
         self.lru_margin = lru_margin
@@ -196,8 +197,6 @@ class SessionPolicy(EvictionPolicy):
             old = n.metadata.get(TURN_KEY)
             if old == turn:
                 break
-            if old is None:
-                n.metadata[CREATED_KEY] = turn[1]
             n.metadata[TURN_KEY] = turn if old is None or old[0] == turn[0] else (SHARED, 0)
             tree.refresh(n)
 
@@ -330,7 +329,9 @@ class SessionPolicy(EvictionPolicy):
         beyond ``max_sessions``. Sessions stay known after that, so a late next turn still
         teaches its gap (cutting the history at the horizon would shrink it each time)."""
         pending = self._pending
-        while pending and now - pending[0][0] > self._turn_gaps.horizon:
+        while pending and (
+            now - pending[0][0] > self._turn_gaps.horizon or len(pending) > 4 * self.max_sessions
+        ):
             turn_at, key = pending.popleft()
             state = self._sessions.get(key)
             if state is not None and state.last_turn == turn_at:
