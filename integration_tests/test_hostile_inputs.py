@@ -67,6 +67,7 @@ def _still_serves(base: str) -> None:
         ({"radix_workflow": "w", "radix_steps": '{"a": true}'}, "radix_steps", "integers"),
         ({"radix_priority": "9" * 400}, "radix_priority", "must be an integer"),
         ({"radix_priority": 2**40}, "radix_priority", "between"),
+        ({"radix_session_end": "maybe"}, "radix_session_end", "must be a boolean"),
     ],
 )
 def test_hostile_xargs_get_400_naming_the_key(

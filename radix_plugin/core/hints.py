@@ -25,6 +25,10 @@ XARG_AGENT = "radix_agent"
 XARG_STEPS = "radix_steps"
 XARG_UNPIN = "radix_unpin"
 XARG_PIN_TTL = "radix_pin_ttl"
+XARG_SESSION_END = "radix_session_end"
+XARG_SESSION_ID = "session_id"
+"""vLLM's own session id, also accepted in ``vllm_xargs`` (the API server moves it from there
+onto the request; offline ``LLM`` users may only have this spelling)."""
 MAX_PIN_TTL_S = 30 * 24 * 3600.0
 """Longest ``radix_pin_ttl`` (and ``pin_ttl_s``) accepted: 30 days."""
 # Priorities are compared, never computed with: a 32-bit range is plenty and keeps a
@@ -47,6 +51,10 @@ class RequestHints:
     unpin: bool = False
     pin_ttl_s: float | None = None
     """Seconds the pin lasts; ``None``: the ``pin_ttl_s`` setting decides."""
+    session_end: bool = False
+    """``radix_session_end``: this is the conversation's last turn (its tail can go)."""
+    session: str | None = None
+    """A ``session_id`` given in ``vllm_xargs`` (the engine prefers the request's own)."""
 
 
 def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
@@ -68,7 +76,26 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
         except WorkflowHintError as exc:
             raise HintError(str(exc)) from None
     unpin, pin_ttl_s = _unpin_and_ttl(extra_args, pin)
-    return RequestHints(priority, pin, workflow, agent, steps, unpin, pin_ttl_s)
+    session_end = parse_flag(extra_args.get(XARG_SESSION_END, False))
+    if session_end is None:
+        raise HintError(
+            f"{XARG_SESSION_END} must be a boolean, got {_short(extra_args[XARG_SESSION_END])}"
+        )
+    session = extra_args.get(XARG_SESSION_ID)
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_NAME_CHARS:
+        session = None  # vLLM's field, not ours to refuse: what it ignores, we ignore
+    return RequestHints(
+        priority, pin, workflow, agent, steps, unpin, pin_ttl_s, session_end, session
+    )
+
+
+def request_session(request: Any, hints: RequestHints) -> str | None:
+    """The session an engine request belongs to: vLLM's ``session_id`` (chat body field,
+    ``X-Session-ID`` header or ``vllm_xargs``), else one given in the hints."""
+    session = getattr(request, "session_id", None)
+    if isinstance(session, str) and session:
+        return session[:MAX_NAME_CHARS]
+    return hints.session
 
 
 def request_hints(request: Any) -> RequestHints:

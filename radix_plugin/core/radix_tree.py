@@ -465,8 +465,9 @@ class RadixTree:
     def evict(self, num_blocks: int) -> list[int]:
         """Free up to ``num_blocks`` blocks, leaf-first, in the policy's order.
 
-        Leaves are trimmed from their tail one page at a time, so exactly the requested number
-        is freed when enough is evictable. Returns the freed block ids, deepest first.
+        Leaves are trimmed from their tail, so exactly the requested number is freed when
+        enough is evictable; a policy with ``rank_per_block`` re-ranks after every page.
+        Returns the freed block ids, deepest first.
         Cost: O(k·log L) amortised for k freed nodes (lazy heap), plus a heap rebuild
         O(L log L) when the policy's keys changed globally.
         """
@@ -478,6 +479,8 @@ class RadixTree:
             if version != node.heap_version or node not in self._evictable_leaves:
                 continue
             take = min(num_blocks - len(freed), node.num_blocks)
+            if self.policy.rank_per_block:
+                take = 1  # its next page may rank elsewhere: re-key after each one
             victims = node.blocks[node.num_blocks - take :]
             self.policy.on_evict(node, take)
             freed.extend(reversed(victims))

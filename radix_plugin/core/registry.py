@@ -24,12 +24,13 @@ class UnknownPolicyError(ValueError):
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide manager: built-in policies plus every ``radix_plugin`` entry point."""
     from radix_plugin.core import orderings
-    from radix_plugin.core.policies import builtin, workflow
+    from radix_plugin.core.policies import builtin, session, workflow
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name="radix_plugin.builtin")
     pm.register(workflow, name="radix_plugin.workflow")
+    pm.register(session, name="radix_plugin.session")
     pm.register(orderings, name="radix_plugin.orderings")
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm

@@ -31,6 +31,7 @@ from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group
 
 from radix_plugin.compat import BlockPoolSeam
 from radix_plugin.core.hints import RequestHintsMap
+from radix_plugin.core.policies.session import tag_session
 from radix_plugin.core.radix_tree import RadixNode, RadixTree
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class RadixBlockPool(BlockPoolSeam):
             self._node_of[block.block_id] = node
             if block.ref_cnt > 0:
                 self.tree.hold(node)
+        tag_session(self.tree, request.request_id, node)
 
     def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
         super().touch(blocks)
@@ -377,6 +379,10 @@ class RadixBlockPool(BlockPoolSeam):
         return True
 
     # --- hints ---------------------------------------------------------------------------
+
+    def page_keys(self, block_hashes: Iterable[Any], group_id: int = 0) -> list[Any]:
+        """The tree's page keys for a request's block hashes (what policies see as pages)."""
+        return [make_block_hash_with_group_id(h, group_id) for h in block_hashes]
 
     def node_of_block(self, block_id: int) -> RadixNode | None:
         return self._node_of.get(block_id) or self._alias_of.get(block_id)

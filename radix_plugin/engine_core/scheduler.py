@@ -33,8 +33,9 @@ from radix_plugin.compat import (
     radix_block_pool,
 )
 from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
-from radix_plugin.core.hints import RequestHintsMap
+from radix_plugin.core.hints import RequestHintsMap, request_session
 from radix_plugin.core.pin_stats import PinStats
+from radix_plugin.core.policies.session import SessionPolicy
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
@@ -102,6 +103,7 @@ class RadixSchedulerMixin(SchedulerSeam):
         self._radix_draft_caps = DraftCaps(self.num_spec_tokens)  # type: ignore[attr-defined]
         has_pool = self.radix_pool is not None
         self._radix_workflow = policy if has_pool and isinstance(policy, WorkflowPolicy) else None
+        self._radix_sessions = policy if has_pool and isinstance(policy, SessionPolicy) else None
         self._radix_wait_steps: dict[str, int] = {}
         self._radix_memo: dict[str, tuple[int, RadixNode]] = {}
         self._radix_pins = PinTable(self.radix_pool.tree) if self.radix_pool else None
@@ -218,6 +220,12 @@ class RadixSchedulerMixin(SchedulerSeam):
         if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
             self._radix_tracker.update(hints.workflow, hints.steps)
             self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        if new and self._radix_sessions is not None:
+            session = request_session(request, hints)
+            pages = self.radix_pool.page_keys(request.block_hashes)  # type: ignore[union-attr]
+            self._radix_sessions.note_request(
+                request.request_id, session, pages, session_end=hints.session_end
+            )
         manager = self.structured_output_manager  # type: ignore[attr-defined]
         # vLLM's JSON-schema grammars allow raw control characters in strings; ours do not.
         make_vllm_json_strict(request, manager)
@@ -414,6 +422,8 @@ class RadixSchedulerMixin(SchedulerSeam):
         """Every finished request (done or aborted) drops its hints and pending pin."""
         self._radix_hints.drop(request.request_id)
         self._radix_pin_pending.pop(request.request_id, None)
+        if self._radix_sessions is not None:
+            self._radix_sessions.forget_request(request.request_id)
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]

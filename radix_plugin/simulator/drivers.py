@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from radix_plugin.core.policies.base import EvictionPolicy
-from radix_plugin.core.radix_tree import RadixNode, RadixTree
+from radix_plugin.core.radix_tree import Page, RadixNode, RadixTree
+from radix_plugin.simulator.tokens import TokenSynthesizer
+from radix_plugin.simulator.trace import TraceRequest
 
 
 class CacheDriver(Protocol):
     name: str
 
-    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+    def admit(self, index: int, req: TraceRequest) -> int | None:
         """Allocate KV for the whole request; hit tokens, or ``None`` if it does not fit now."""
 
     def finish(self, index: int) -> None:
@@ -37,9 +39,21 @@ def _blocks_for(num_tokens: int, block_size: int) -> int:
 @dataclass(slots=True)
 class _Active:
     blocks: list[int]
-    sequence: list[int]
+    pages: list[Page]
     node: RadixNode
     private: set[int]
+
+
+def request_pages(index: int, req: TraceRequest, block_size: int) -> tuple[list[Page], list[Page]]:
+    """Page keys of request ``index``'s full prompt blocks and of its whole sequence.
+
+    A trace's hash id already names a block's content *and* prefix, so it is the page key
+    (what the tree would get from hashing the synthesized tokens, without building them); a
+    page holding output tokens is unique to the request, as the simulator's outputs are.
+    """
+    prompt = list(req.hash_ids[: req.input_length // block_size])
+    total = (req.input_length + req.output_length) // block_size
+    return prompt, prompt + [("out", index, j) for j in range(len(prompt), total)]
 
 
 class RadixDriver:
@@ -61,14 +75,14 @@ class RadixDriver:
         self._free = list(range(capacity_blocks - 1, -1, -1))
         self._active: dict[int, _Active] = {}
 
-    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+    def admit(self, index: int, req: TraceRequest) -> int | None:
         bs, tree = self.block_size, self.tree
-        prompt_pages = tree.pages_of(prompt)
+        prompt_pages, sequence_pages = request_pages(index, req, bs)
         match = tree.match_prefix(
-            prompt_pages, touch=False, split=True, max_blocks=(len(prompt) - 1) // bs
+            prompt_pages, touch=False, split=True, max_blocks=(req.input_length - 1) // bs
         )
         hit = len(match.blocks)
-        needed = _blocks_for(len(prompt) + len(output), bs) - hit
+        needed = _blocks_for(req.input_length + req.output_length, bs) - hit
         tree.lock(match.last_node)
         shortfall = needed - len(self._free)
         if shortfall > 0:
@@ -83,12 +97,12 @@ class RadixDriver:
         tree.lock(node)
         tree.unlock(match.last_node)
         private = set(blocks[hit:already]) | set(blocks[len(prompt_pages) :])
-        self._active[index] = _Active(blocks, prompt + output, node, private)
+        self._active[index] = _Active(blocks, sequence_pages, node, private)
         return hit * bs
 
     def finish(self, index: int) -> None:
         act = self._active.pop(index)
-        pages = self.tree.pages_of(act.sequence)
+        pages = act.pages
         already, _ = self.tree.insert(pages, act.blocks[: len(pages)], origin="output")
         owned_by_tree = set(act.blocks[already : len(pages)])
         self.tree.unlock(act.node)
@@ -139,32 +153,34 @@ class VllmDriver:
             enable_caching=True,
         )
         self._hasher = get_request_block_hasher(block_size, hash_fn)
+        self._synth = TokenSynthesizer(block_size)
         self._sampling = SamplingParams
         self._active: dict[int, Any] = {}
 
-    def admit(self, index: int, prompt: list[int], output: list[int]) -> int | None:
+    def admit(self, index: int, req: TraceRequest) -> int | None:
         from vllm.v1.request import Request
 
-        req = Request(
+        prompt, output = self._synth.prompt(req), self._synth.output(req, index)
+        request = Request(
             request_id=str(index),
             prompt_token_ids=prompt,
             sampling_params=self._sampling(max_tokens=max(1, len(output))),
             pooling_params=None,
             block_hasher=self._hasher,
         )
-        computed, num_hit, *_ = self.manager.get_computed_blocks(req)
+        computed, num_hit, *_ = self.manager.get_computed_blocks(request)
         new = self.manager.allocate_slots(
-            req,
+            request,
             len(prompt) + len(output) - num_hit,
             num_new_computed_tokens=num_hit,
             new_computed_blocks=computed,
         )
         if new is None:
             return None
-        req.num_computed_tokens = len(prompt)
-        req.append_output_token_ids(output)
-        req.num_computed_tokens = len(prompt) + len(output)
-        self._active[index] = req
+        request.num_computed_tokens = len(prompt)
+        request.append_output_token_ids(output)
+        request.num_computed_tokens = len(prompt) + len(output)
+        self._active[index] = request
         return num_hit
 
     def finish(self, index: int) -> None:

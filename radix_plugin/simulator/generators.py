@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable
 
@@ -68,6 +69,57 @@ def multi_turn_chat(
         # Previous answer + new user message, as new content after the shared history.
         tail = rng.randint(*user_tokens) + (rng.randint(*output_tokens) if c in history else 0)
         req, full = _request(ts, prefix, tail, rng.randint(*output_tokens), bs, ids, session=c)
+        history[c] = full
+        out.append(req)
+    return out
+
+
+def chat_sessions(
+    *,
+    conversations: int = 2000,
+    continue_share: float = 0.45,
+    max_turns: int = 12,
+    gap_requests: tuple[int, int] = (100, 2000),
+    system_blocks: int = 2,
+    num_system_prompts: int = 4,
+    user_tokens: tuple[int, int] = (300, 1500),
+    output_tokens: tuple[int, int] = (100, 500),
+    block_size: int = 512,
+    seed: int = 0,
+) -> list[TraceRequest]:
+    """Chat traffic as served traces show it: most conversations stop after one or two turns
+    (each turn continues with ``continue_share``), and a next turn arrives 100-2,000
+    requests later (log-uniform), far past what LRU keeps under pressure.
+
+    Time is counted in request slots, so gaps are in requests; ``extra["session"]`` names the
+    conversation and ``extra["last"]`` marks its final turn.
+    """
+    rng, ids, bs = random.Random(seed), _Ids(), block_size
+    systems = [ids.fresh(system_blocks) for _ in range(num_system_prompts)]
+    turns = []
+    for _ in range(conversations):
+        n = 1
+        while n < max_turns and rng.random() < continue_share:
+            n += 1
+        turns.append(n)
+    span = float(sum(turns))
+    lo, hi = (math.log(g) for g in gap_requests)
+    events: list[tuple[float, int, int]] = []
+    for c, n in enumerate(turns):
+        t = rng.uniform(0, span)
+        for turn in range(n):
+            events.append((t, c, turn))
+            t += math.exp(rng.uniform(lo, hi))
+    events.sort()
+    history: dict[int, list[int]] = {}
+    out: list[TraceRequest] = []
+    for ts, c, turn in events:
+        prefix = history.get(c) or list(rng.choice(systems))
+        tail = rng.randint(*user_tokens) + (rng.randint(*output_tokens) if c in history else 0)
+        last = turn == turns[c] - 1
+        req, full = _request(
+            ts, prefix, tail, rng.randint(*output_tokens), bs, ids, session=c, last=last
+        )
         history[c] = full
         out.append(req)
     return out
@@ -234,6 +286,7 @@ WORKLOADS: dict[str, Callable[..., list[TraceRequest]]] = {
     "tree_of_thought": tree_of_thought,
     "multi_agent": multi_agent,
     "agent_pipeline": agent_pipeline,
+    "chat_sessions": chat_sessions,
 }
 
 

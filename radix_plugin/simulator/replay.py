@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from radix_plugin.core.policies.builtin import BeladyPolicy
+from radix_plugin.core.policies.session import SessionPolicy
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import RadixNode
 from radix_plugin.core.registry import make_eviction_policy
 from radix_plugin.core.workflow import AgentStepGraph, WorkflowTracker
-from radix_plugin.simulator.drivers import CacheDriver, RadixDriver, VllmDriver
-from radix_plugin.simulator.tokens import TokenSynthesizer
+from radix_plugin.simulator.drivers import CacheDriver, RadixDriver, VllmDriver, request_pages
+from radix_plugin.simulator.sessions import ClientHints
 from radix_plugin.simulator.trace import TraceRequest
 
 
@@ -62,32 +63,34 @@ def replay(
     concurrency: int = 1,
     clock: list[int] | None = None,
     on_admit: Callable[[int, TraceRequest], None] | None = None,
+    on_arrival: Callable[[int, TraceRequest], None] | None = None,
 ) -> ReplayResult:
     """Admit requests in trace order, finishing the oldest when full; count hit tokens.
 
     A request that does not fit while others are in flight waits for the oldest to finish,
     as a real engine would queue it. ``clock[0]`` is set to the index being admitted (the
-    Belady oracle reads it).
+    Belady oracle reads it). ``on_arrival`` sees each request before its admission (where an
+    engine's scheduler sees a new request), ``on_admit`` after it.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    synth = TokenSynthesizer(block_size)
     in_flight: deque[int] = deque()
     prompt_tokens = hit_tokens = rejected = 0
     spent = 0.0
     for index, req in enumerate(trace):
-        prompt, output = synth.prompt(req), synth.output(req, index)
         if clock is not None:
             clock[0] = index
         t0 = time.perf_counter()
+        if on_arrival is not None:
+            on_arrival(index, req)
         while len(in_flight) >= concurrency:
             driver.finish(in_flight.popleft())
-        hit = driver.admit(index, prompt, output)
+        hit = driver.admit(index, req)
         while hit is None and in_flight:
             driver.finish(in_flight.popleft())
-            hit = driver.admit(index, prompt, output)
+            hit = driver.admit(index, req)
         spent += time.perf_counter() - t0
-        prompt_tokens += len(prompt)
+        prompt_tokens += req.input_length
         if hit is None:
             rejected += 1
             continue
@@ -115,13 +118,12 @@ def replay(
 
 def belady_oracle(trace: Sequence[TraceRequest], block_size: int, clock: list[int]):
     """``next_use(node)``: the first request index >= now whose prompt has the node's last
-    page (with its prefix, since the page key is the tree path's last page)."""
-    synth = TokenSynthesizer(block_size)
-    uses: dict[tuple, list[int]] = defaultdict(list)
+    page (with its prefix, since the page key is the tree path's last page). The policy
+    ranks one page at a time (``rank_per_block``), so this is every block's own next use."""
+    uses: dict[Any, list[int]] = defaultdict(list)
     for index, req in enumerate(trace):
-        prompt = synth.prompt(req)
-        for i in range(0, len(prompt) - block_size + 1, block_size):
-            uses[tuple(prompt[i : i + block_size])].append(index)
+        for page in request_pages(index, req, block_size)[0]:
+            uses[page].append(index)
 
     def next_use(node: RadixNode) -> float:
         times = uses.get(node.pages[-1])
@@ -139,8 +141,12 @@ def run_policy(
     block_size: int,
     capacity_blocks: int,
     concurrency: int = 1,
+    hints: Sequence[ClientHints] | None = None,
 ) -> ReplayResult:
-    """Replay ``trace`` under policy ``name`` (``vllm`` = vLLM's own manager)."""
+    """Replay ``trace`` under policy ``name`` (``vllm`` = vLLM's own manager).
+
+    ``hints`` (one per request) are the session hints a client sends; a session policy
+    without them infers conversations from the prompts alone."""
     if name == "vllm":
         max_len = max(r.input_length + r.output_length for r in trace) + block_size
         return replay(
@@ -151,10 +157,12 @@ def run_policy(
     if isinstance(policy, BeladyPolicy):
         policy.set_oracle(belady_oracle(trace, block_size, clock))
     driver = RadixDriver(capacity_blocks, block_size, policy)
-    on_admit = None
+    on_admit = on_arrival = None
     if isinstance(policy, WorkflowPolicy):
         on_admit = workflow_hints(trace, driver, policy)
-    return replay(trace, driver, block_size, concurrency, clock, on_admit)
+    if isinstance(policy, SessionPolicy):
+        on_arrival, on_admit = session_hints(driver, policy, hints)
+    return replay(trace, driver, block_size, concurrency, clock, on_admit, on_arrival)
 
 
 def workflow_hints(
@@ -183,6 +191,29 @@ def workflow_hints(
         tag_agent(driver.tree, driver.node_of(index), str(req.extra["agent"]))
 
     return on_admit
+
+
+def session_hints(
+    driver: RadixDriver, policy: SessionPolicy, hints: Sequence[ClientHints] | None
+) -> tuple[Callable[[int, TraceRequest], None], Callable[[int, TraceRequest], None]]:
+    """What the engine does with a request's session hints: note them when it arrives, tag
+    its cached prompt as the session's tail once admitted."""
+    bs = driver.block_size
+
+    def on_arrival(index: int, req: TraceRequest) -> None:
+        h = hints[index] if hints is not None else None
+        policy.note_request(
+            index,
+            h.session if h is not None else None,
+            request_pages(index, req, bs)[0],
+            session_end=h.session_end if h is not None else False,
+        )
+
+    def on_admit(index: int, req: TraceRequest) -> None:
+        policy.tag(index, driver.node_of(index))
+        policy.forget_request(index)
+
+    return on_arrival, on_admit
 
 
 def footprint_blocks(trace: Sequence[TraceRequest], block_size: int) -> int:

@@ -21,6 +21,9 @@ class EvictionPolicy:
     description: ClassVar[str] = ""
     offline_only: ClassVar[bool] = False
     """True for policies that need the future (only the simulator can run them)."""
+    rank_per_block: ClassVar[bool] = False
+    """True when a leaf's key depends on its last page, so the tree must re-rank a leaf after
+    every page it trims (exact, O(log L) per block) instead of trimming a run at once."""
 
     def __init__(self) -> None:
         self.version = 0

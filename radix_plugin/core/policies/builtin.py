@@ -99,13 +99,18 @@ class PinnedPolicy(LRUPolicy):
 class BeladyPolicy(EvictionPolicy):
     """Offline optimum: evict the leaf whose next use is farthest in the future.
 
-    Needs an oracle ``next_use(node) -> float`` (``inf`` for never again), installed by the
-    simulator with :meth:`set_oracle`; an engine cannot know the future.
+    Needs an oracle ``next_use(node) -> float`` (``inf`` for never again) of the node's last
+    page, installed by the simulator with :meth:`set_oracle`; an engine cannot know the
+    future. Ranking is per block (``rank_per_block``): a leaf is re-ranked after each page
+    trimmed, so every evicted page is the one used farthest ahead among the evictable ones.
+    A page is never used later than its prefix, so leaf-first costs nothing: this is the
+    exact optimum of the cache (Belady's MIN over unit-size pages).
     """
 
     name = "belady"
-    description = "offline optimum: farthest next use first (simulator only)"
+    description = "offline optimum: farthest next use first, per block (simulator only)"
     offline_only = True
+    rank_per_block = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,412 @@
+"""Session-aware eviction: keep a live conversation's tail until its next turn, drop dead ones.
+
+Most cached blocks of a chat workload are a conversation's tail (its history so far); the tail
+is reused exactly when the conversation's next turn arrives, often hundreds of requests
+later, which is far beyond what LRU keeps at small capacities. This policy ranks each tail by
+its *hit density*: the probability that its session is still alive given how long it has
+been silent, divided by the expected wait until its next turn (LHD's argument: a block earns
+its space by hits per unit of time it occupies).
+
+* Sessions come from the client's session id (vLLM's ``session_id``) or, without one, from
+  the prompts themselves: a request whose prompt contains an earlier prompt's last block
+  continues that request's conversation. The earlier prompts are remembered past their
+  eviction (ghost entries), so continuations are observed even for tails the cache dropped.
+* What is learned online, in units of arriving requests: the distribution of gaps between a
+  session's turns, and per turn index the share of turns that get a next turn (a turn whose
+  session stays silent longer than almost every gap seen counts as the last).
+* A client that knows more says so: ``radix_session_end`` marks the last turn, whose tail
+  then goes first. A hinted last turn is not counted as a silent one, so hints also make
+  the unhinted turns look (correctly) more alive.
+* Tails of ended or stale sessions, branches a session moved away from and blocks of a kind
+  that is never reused (learned per origin, as ``adaptive`` does) have density zero: they are
+  evicted first, least recently used first. Prefixes several sessions share are ranked by
+  their own hit rate.
+
+Never worse than LRU beyond a bounded probe: a shadow LRU over the same page keys the tree
+caches (no KV, just the keys, sized like the cache once it fills) counts the hits LRU would
+get. When LRU beats the density ranking
+over a window of requests, the policy ranks like LRU for ``lru_hold`` requests and then
+probes the density ranking again.
+
+Keys depend on the current time, so the policy bumps ``version`` every ``rekey_every``
+requests and the tree re-keys its leaves then (O(L log L)); between re-keys a leaf keeps the
+key of its last event, as the tree's lazy heap requires.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from radix_plugin.core.hookspecs import hookimpl
+from radix_plugin.core.policies.base import EvictionPolicy
+
+if TYPE_CHECKING:
+    from radix_plugin.core.radix_tree import RadixNode, RadixTree
+
+TURN_KEY = "session_turn"
+LAST_HIT_KEY = "session_last_hit"
+SHARED = "*"
+"""Tag of a node that prompts of several sessions pass through."""
+_BUCKETS_PER_OCTAVE = 4
+_NUM_BUCKETS = 100
+_TURN_CLASSES = 8
+
+
+@dataclass(slots=True)
+class _Session:
+    last_turn: int
+    turns: int
+    ended: bool = False
+    counted_silent: bool = False
+    """Its last turn was counted as a session's last (silent past the horizon); undone if
+    the session comes back after all."""
+
+
+class _GapModel:
+    """A learned distribution of gaps (in requests) between uses: survival and expected
+    remaining wait per age, from a log-bucketed histogram refreshed every few requests."""
+
+    def __init__(self, quantile: float, initial_horizon: int = 4096) -> None:
+        self.quantile = quantile
+        self.counts = [0] * _NUM_BUCKETS
+        self.total = 0
+        self.horizon = initial_horizon
+        # Before any gap is seen: every age survives, the next use is a horizon away.
+        self.survival = [1.0] * _NUM_BUCKETS
+        self.wait = [float(initial_horizon)] * _NUM_BUCKETS
+
+    def observe(self, gap: int) -> None:
+        self.counts[_bucket(gap)] += 1
+        self.total += 1
+
+    def alive_and_wait(self, age: int) -> tuple[float, float]:
+        """P(gap > age) and the expected wait left, E[gap - age | gap > age]."""
+        b = _bucket(age)
+        return self.survival[b], max(1.0, self.wait[b] - age)
+
+    def refresh(self) -> None:
+        """Survival, expected gap and horizon per bucket (O(buckets))."""
+        if self.total == 0:
+            return
+        total = float(self.total)
+        tail_n = tail_sum = 0.0
+        survival = [0.0] * _NUM_BUCKETS
+        wait = [0.0] * _NUM_BUCKETS
+        for b in range(_NUM_BUCKETS - 1, -1, -1):
+            c = self.counts[b]
+            tail_n += c
+            tail_sum += c * _bucket_mid(b)
+            survival[b] = (tail_n - c / 2.0) / total
+            wait[b] = tail_sum / tail_n if tail_n else 0.0
+        self.survival, self.wait = survival, wait
+        cum, last = 0.0, _NUM_BUCKETS - 1
+        for b in range(_NUM_BUCKETS):
+            cum += self.counts[b]
+            if cum >= self.quantile * total:
+                last = b
+                break
+        self.horizon = max(64, int(_bucket_mid(last + 1)))
+        if self.total > 1 << 20:  # forget slowly: halve the history
+            self.counts = [c // 2 for c in self.counts]
+            self.total = sum(self.counts)
+
+
+class SessionPolicy(EvictionPolicy):
+    name = "session"
+    description = "hit density per conversation: live tails kept until their next turn"
+
+    def __init__(
+        self,
+        *,
+        rekey_every: int = 16,
+        max_sessions: int = 1 << 16,
+        stale_quantile: float = 0.99,
+        window: int = 2000,
+        lru_hold: int = 4000,
+        lru_margin: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if rekey_every < 1:
+            raise ValueError(f"rekey_every must be >= 1, got {rekey_every}")
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        if not 0.5 <= stale_quantile < 1.0:
+            raise ValueError(f"stale_quantile must be in [0.5, 1), got {stale_quantile}")
+        self.rekey_every = rekey_every
+        self.max_sessions = max_sessions
+        self.stale_quantile = stale_quantile
+        if window < 1 or lru_hold < 1:
+            raise ValueError(f"window and lru_hold must be >= 1, got {window}, {lru_hold}")
+        if lru_margin < 0.0:
+            raise ValueError(f"lru_margin must be >= 0, got {lru_margin}")
+        self.window = window
+        self.lru_hold = lru_hold
+        self.lru_margin = lru_margin
+        self.on_reset()
+
+    # --- what the engine or simulator reports ---------------------------------------------
+
+    def note_request(
+        self,
+        request_id: Hashable,
+        session: str | None,
+        pages: Sequence[Hashable] = (),
+        *,
+        session_end: bool = False,
+    ) -> Hashable:
+        """A request arrived; returns the session it belongs to (given, or inferred from
+        ``pages``, its full prompt pages, when ``session`` is ``None``)."""
+        self.requests += 1
+        now = self.requests
+        key: Hashable = ("id", session) if session is not None else self._infer(pages, now)
+        state = self._sessions.get(key)
+        if state is None:
+            state = self._sessions[key] = _Session(last_turn=now, turns=1)
+        else:
+            self._resolve(state, continued=True, gap=now - state.last_turn)
+            state.last_turn, state.turns = now, state.turns + 1
+            self._sessions.move_to_end(key)
+        state.ended = session_end
+        self._pending.append((now, key))
+        if session is None and pages:
+            self._ends[pages[-1]] = (key, state.turns)
+            self._ends.move_to_end(pages[-1])
+            while len(self._ends) > self.max_sessions:
+                self._ends.popitem(last=False)
+        self._turn_of[request_id] = (key, state.turns)
+        self._expire(now)
+        self._duel(pages)
+        if now % self.rekey_every == 0:
+            self._turn_gaps.refresh()
+            self._hit_gaps.refresh()
+            self.version += 1
+        return key
+
+    def tag(self, request_id: Hashable, node: RadixNode) -> None:
+        """``node`` ends the cached prompt of ``request_id``: its path is the session's tail
+        now. Stops at the first node already tagged so (amortised O(new nodes))."""
+        turn = self._turn_of.get(request_id)
+        tree = self.tree
+        if turn is None or tree is None:
+            return
+        for n in node.path_to_root():
+            old = n.metadata.get(TURN_KEY)
+            if old == turn:
+                break
+            n.metadata[TURN_KEY] = turn if old is None or old[0] == turn[0] else (SHARED, 0)
+            tree.refresh(n)
+
+    def forget_request(self, request_id: Hashable) -> None:
+        self._turn_of.pop(request_id, None)
+
+    # --- the key --------------------------------------------------------------------------
+
+    def density(self, node: RadixNode) -> float:
+        """Expected hits per block per request while ``node`` stays cached."""
+        tag = node.metadata.get(TURN_KEY)
+        if tag is None or tag[0] == SHARED:
+            return self._hit_rate(node)
+        key, turn = tag
+        state = self._sessions.get(key)
+        if state is None or state.ended or turn < state.turns:
+            return 0.0  # ended, stale, or a branch the session moved away from
+        return self._live_density(state) * self._origin_factor(node)
+
+    def _hit_rate(self, node: RadixNode) -> float:
+        """A shared prefix's density from the learned gaps between hits of shared prefixes:
+        one hit often counts for little, a prefix silent for longer than they ever are for
+        nothing (a finished problem's prompt must not hog the cache as under LFU)."""
+        if node.hit_count == 0:
+            return 0.0
+        age = self.requests - node.metadata.get(LAST_HIT_KEY, self.requests)
+        survive, wait = self._hit_gaps.alive_and_wait(age)
+        return survive / wait
+
+    def key(self, node: RadixNode) -> Any:
+        if self.lru_mode:
+            return (0.0, node.last_access)
+        return (self.density(node), node.last_access)
+
+    def _duel(self, pages: Sequence[Hashable]) -> None:
+        """Shadow LRU over the request's pages; switch to LRU ranking while it wins."""
+        shadow, hit = self._shadow, 0
+        for page in pages:
+            if page not in shadow:
+                break
+            hit += 1
+        self._shadow_insert(pages)
+        # Decide on the requests both sides have counted: this one's own hits come later.
+        self._since_switch += 1
+        if self.lru_mode:
+            if self._since_switch >= self.lru_hold:
+                self._switch(lru=False)
+        elif self._lru_wins():
+            self._switch(lru=True)
+        decay = 1.0 - 1.0 / self.window
+        self._lru_score = self._lru_score * decay + hit
+        self._own_score *= decay
+
+    def _lru_wins(self) -> bool:
+        """LRU beat us by ``lru_margin`` over a window, or by three times that over a quarter
+        of one (a large loss shows early; short traces must not wait a whole window)."""
+        n, lru, own = self._since_switch, self._lru_score, self._own_score
+        if n >= self.window:
+            return lru > (1.0 + self.lru_margin) * own
+        return n >= self.window // 4 and lru > (1.0 + 3 * self.lru_margin) * own
+
+    def _shadow_insert(self, pages: Sequence[Hashable]) -> None:
+        shadow = self._shadow
+        for page in pages:
+            shadow[page] = None
+            shadow.move_to_end(page)
+        while len(shadow) > self._shadow_capacity:
+            shadow.popitem(last=False)
+
+    def _switch(self, *, lru: bool) -> None:
+        self.lru_mode = lru
+        self.lru_switches += lru
+        self._since_switch = 0
+        self._lru_score = self._own_score = 0.0
+        self.version += 1
+
+    def _live_density(self, state: _Session) -> float:
+        age = self.requests - state.last_turn
+        survive, wait = self._turn_gaps.alive_and_wait(age)
+        if survive <= 0.0:
+            return 0.0
+        p = self._continue_share(state.turns)
+        alive = p * survive / (p * survive + 1.0 - p)
+        return alive / wait
+
+    def _origin_factor(self, node: RadixNode) -> float:
+        origin = node.metadata.get("origin", "prompt")
+        if origin == "prompt":
+            return 1.0
+        return min(1.0, self._reuse_share(origin) / self._reuse_share("prompt"))
+
+    # --- learning -------------------------------------------------------------------------
+
+    def _infer(self, pages: Sequence[Hashable], now: int) -> Hashable:
+        """The session whose latest prompt this one extends (deepest match); a new one when
+        none does, or when it extends an older turn (a branch, as a regenerated answer)."""
+        for page in reversed(pages):
+            found = self._ends.get(page)
+            if found is not None:
+                key, turn = found
+                state = self._sessions.get(key)
+                if state is not None and state.turns == turn:
+                    return key
+                break
+        return ("req", now)
+
+    def _continue_share(self, turns: int) -> float:
+        k = min(turns, _TURN_CLASSES) - 1
+        cont, ended = self._continued[k], self._silent[k]
+        return (cont + 1.0) / (cont + ended + 2.0)
+
+    def _resolve(self, state: _Session, *, continued: bool, gap: int = 0) -> None:
+        """The session's previous turn is resolved: continued after ``gap`` requests, or not
+        (silent past the stale horizon). Hinted last turns teach nothing: the hint said it."""
+        if state.ended:
+            return
+        k = min(state.turns, _TURN_CLASSES) - 1
+        if continued:
+            if state.counted_silent:
+                self._silent[k] -= 1
+                state.counted_silent = False
+            self._continued[k] += 1
+            self._turn_gaps.observe(gap)
+        elif not state.counted_silent:
+            self._silent[k] += 1
+            state.counted_silent = True
+
+    def _expire(self, now: int) -> None:
+        """Count turns silent past the horizon as last turns; forget the oldest sessions
+        beyond ``max_sessions``. Sessions stay known after that, so a late next turn still
+        teaches its gap (cutting the history at the horizon would shrink it each time)."""
+        pending = self._pending
+        while pending and (
+            now - pending[0][0] > self._turn_gaps.horizon or len(pending) > 4 * self.max_sessions
+        ):
+            turn_at, key = pending.popleft()
+            state = self._sessions.get(key)
+            if state is not None and state.last_turn == turn_at:
+                self._resolve(state, continued=False)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _reuse_share(self, origin: str) -> float:
+        return (self._reused.get(origin, 0) + 1) / (self._inserted.get(origin, 0) + 2)
+
+    # --- tree events ----------------------------------------------------------------------
+
+    def on_insert(self, node: RadixNode) -> None:
+        node.metadata["born"] = self.requests
+        self._shadow_insert(node.pages)  # outputs take room in the shadow LRU too
+        origin = node.metadata.get("origin", "prompt")
+        self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
+
+    def on_hit(self, node: RadixNode) -> None:
+        self._own_score += node.num_blocks
+        tag = node.metadata.get(TURN_KEY)
+        if tag is None or tag[0] == SHARED:
+            last = node.metadata.get(LAST_HIT_KEY, node.metadata.get("born"))
+            if last is not None and last < self.requests:
+                self._hit_gaps.observe(self.requests - last)
+        node.metadata[LAST_HIT_KEY] = self.requests
+        if node.hit_count == 1:
+            origin = node.metadata.get("origin", "prompt")
+            self._reused[origin] = self._reused.get(origin, 0) + node.num_blocks
+
+    def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
+        upper.metadata.setdefault("born", lower.metadata.get("born", self.requests))
+        if LAST_HIT_KEY in lower.metadata:
+            upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
+
+    def on_evict(self, node: RadixNode, num_blocks: int) -> None:
+        if self.tree is not None:  # the cache is full: size the shadow LRU like it
+            self._full_at = max(self._full_at, self.tree.stats().cached_blocks)
+            self._shadow_capacity = self._full_at
+
+    def on_reset(self) -> None:
+        self.requests = 0
+        self._sessions: OrderedDict[Hashable, _Session] = OrderedDict()
+        self._pending: deque[tuple[int, Hashable]] = deque()
+        self._ends: OrderedDict[Hashable, tuple[Hashable, int]] = OrderedDict()
+        self._turn_of: dict[Hashable, tuple[Hashable, int]] = {}
+        self._turn_gaps = _GapModel(self.stale_quantile)
+        self._hit_gaps = _GapModel(self.stale_quantile)
+        self._continued = [0] * _TURN_CLASSES
+        self._silent = [0] * _TURN_CLASSES
+        self._inserted: dict[str, int] = {}
+        self._reused: dict[str, int] = {}
+        self.lru_mode = False
+        self.lru_switches = 0
+        self._shadow: OrderedDict[Hashable, None] = OrderedDict()
+        self._shadow_capacity = 1 << 30  # until the cache first fills
+        self._full_at = 0
+        self._lru_score = self._own_score = 0.0
+        self._since_switch = 0
+
+
+def _bucket(age: int) -> int:
+    return min(_NUM_BUCKETS - 1, int(_BUCKETS_PER_OCTAVE * math.log2(age + 1)))
+
+
+def _bucket_mid(b: int) -> float:
+    return 2.0 ** ((b + 0.5) / _BUCKETS_PER_OCTAVE) - 1.0
+
+
+def tag_session(tree: RadixTree, request_id: Hashable, node: RadixNode) -> None:
+    """Tell a session policy (if the tree runs one) that ``node`` ends a request's prompt."""
+    if isinstance(tree.policy, SessionPolicy):
+        tree.policy.tag(request_id, node)
+
+
+@hookimpl
+def radix_eviction_policies() -> list[type]:
+    return [SessionPolicy]
