@@ -275,6 +275,29 @@ def test_prefill_only_request_caches_the_prefix_and_decodes_nothing(server: str)
     assert second["meta_info"]["cached_tokens"] >= meta["prompt_tokens"] // BLOCK * BLOCK > 0
 
 
+def _metric(server: str, name: str) -> float:
+    text = requests.get(server + "/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_prefill_only_request_is_one_engine_step(server: str) -> None:
+    """max_new_tokens 0 runs as max_tokens 1 with the token dropped: the token is sampled
+    from the prefill step's own logits, so the request takes exactly one engine step."""
+    steps = "vllm:iteration_tokens_total_count"
+    before_steps, before_gen = (
+        _metric(server, steps),
+        _metric(server, "vllm:generation_tokens_total"),
+    )
+    _generate(server, {"text": CONTEXT + "One step.", "sampling_params": {"max_new_tokens": 0}})
+    time.sleep(1)  # stats reach the API server with the step's outputs
+    assert _metric(server, steps) - before_steps == 1
+    assert _metric(server, "vllm:generation_tokens_total") - before_gen == 1
+
+
 def test_logprobs_in_sglang_shape(server: str, tokenizer: AutoTokenizer) -> None:
     text = FEW_SHOT + "Q: What is the capital of Italy?\nA:"
     ids = tokenizer(text)["input_ids"]
@@ -300,7 +323,7 @@ def test_logprobs_in_sglang_shape(server: str, tokenizer: AutoTokenizer) -> None
     assert meta["input_top_logprobs"][0] is None and len(meta["input_top_logprobs"]) == 4
 
 
-def test_prompt_logprobs_read_the_cache_and_match_uncached_ones(server: str) -> None:
+def test_prompt_logprob_rows_do_not_depend_on_the_start(server: str) -> None:
     text = CONTEXT + "Q: Is the cache shared?\nA: yes"
     body = {
         "text": text,
@@ -308,15 +331,14 @@ def test_prompt_logprobs_read_the_cache_and_match_uncached_ones(server: str) -> 
         "return_logprob": True,
         "logprob_start_len": 0,
     }
-    requests.post(server + "/flush_cache", timeout=30).raise_for_status()
-    uncached = _generate(server, body)["meta_info"]
-    _generate(server, {"text": text, "sampling_params": {"max_new_tokens": 0}})
-    start = uncached["prompt_tokens"] - 3
-    cached = _generate(server, dict(body, logprob_start_len=start))["meta_info"]
-    assert cached["cached_tokens"] > 0 or start < BLOCK
-    rows = uncached["input_token_logprobs"][start:]
-    assert [r[1] for r in cached["input_token_logprobs"]] == [r[1] for r in rows]
-    for got, want in zip(cached["input_token_logprobs"][1:], rows[1:], strict=True):
+    full = _generate(server, body)["meta_info"]
+    start = full["prompt_tokens"] - 3
+    tail = _generate(server, dict(body, logprob_start_len=start))["meta_info"]
+    rows = full["input_token_logprobs"][start:]
+    assert len(full["input_token_logprobs"]) == full["prompt_tokens"]
+    assert [r[1] for r in tail["input_token_logprobs"]] == [r[1] for r in rows]
+    assert tail["input_token_logprobs"][0][0] is None  # SGLang: the start row has none
+    for got, want in zip(tail["input_token_logprobs"][1:], rows[1:], strict=True):
         assert got[0] == pytest.approx(want[0], abs=0.1)
 
 

@@ -11,17 +11,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm.outputs import RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 
-from radix_plugin.api_server.sglang_output import (
-    ItemState,
-    PromptLogprobsIncomplete,
-    response,
-)
+from radix_plugin.api_server.sglang_output import ItemState, response
 from radix_plugin.api_server.sglang_sampling import EngineLimits, Plan, plan_item
 from radix_plugin.core.sglang_request import SglGenerate, SglRequestError
 
@@ -82,17 +78,7 @@ class SglGenerator:
         final: RequestOutput | None = None
         async for out in self._stream(prep):
             final = out
-        try:
-            return self._final(prep, final)
-        except PromptLogprobsIncomplete:
-            # The prefix-cache hit reached past logprob_start_len: recompute uncached.
-            params = prep.plan.params.clone()
-            params.skip_reading_prefix_cache = True
-            again = replace(prep, plan=replace(prep.plan, params=params))
-            final = None
-            async for out in self._stream(again):
-                final = out
-            return self._final(again, final)
+        return self._final(prep, final)
 
     def _final(self, prep: Prepared, final: RequestOutput | None) -> dict[str, Any]:
         if final is None:  # aborted before any output
@@ -131,9 +117,6 @@ class SglGenerator:
 
     async def sse(self, preps: list[Prepared], batched: bool) -> AsyncIterator[str]:
         """Server-sent events: cumulative text per sequence, then ``data: [DONE]``."""
-        for prep in preps:  # prompt logprobs must be complete in the first chunk
-            if prep.plan.prompt_logprobs:
-                prep.plan.params.skip_reading_prefix_cache = True
         streams = [self._stream(p) for p in preps]
         finished = [False] * len(preps)
         try:

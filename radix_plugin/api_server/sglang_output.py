@@ -23,10 +23,6 @@ Decode = Callable[[list[int]], list[str]]
 """Token ids -> one text per id (the tokenizer's ``batch_decode`` of single ids)."""
 
 
-class PromptLogprobsIncomplete(Exception):
-    """vLLM's prefix-cache hit covered prompt positions whose logprobs were asked for."""
-
-
 @dataclass
 class ItemState:
     """One sequence in flight: what it asked for and what is needed to answer it."""
@@ -112,26 +108,20 @@ def _input_logprobs(
 ) -> tuple[list[float | None] | None, list[Any] | None]:
     """Prompt logprob values and top dicts for positions ``logprob_start_len`` .. end.
 
-    vLLM's list starts with ``None`` and then holds one dict per position it computed; with a
-    prefix-cache hit of ``h`` tokens it holds positions ``h + 1`` .. end, so its length tells
-    ``h``. SGLang's first row (position ``start``) is ``None``: positions ``start + 1`` .. end
-    must all be present, which needs ``h <= start``.
+    vLLM computes prompt logprobs for every position (such requests skip reading the prefix
+    cache), ``None`` at position 0. SGLang's first row (position ``start``) is ``None``.
     """
     item = state.item
     if not (item.return_logprob and 0 <= item.logprob_start_len < state.prompt_len):
         return None, None
-    plp = out.prompt_logprobs
-    if plp is None:
-        raise PromptLogprobsIncomplete("no prompt logprobs")
-    n = state.prompt_len
-    hit = n - len(plp)
+    plp = out.prompt_logprobs or []
+    if len(plp) != state.prompt_len:  # only the final output of a stream carries them all
+        return None, None
     start = item.logprob_start_len
-    if hit > start:
-        raise PromptLogprobsIncomplete(f"cache hit {hit} > logprob_start_len {start}")
     values: list[float | None] = [None]
     tops: list[Any] = [None]
-    for pos in range(start + 1, n):
-        step = plp[pos - hit]
+    for pos in range(start + 1, state.prompt_len):
+        step = plp[pos]
         tid = state.prompt_ids[pos]
         values.append(step[tid].logprob if step is not None and tid in step else None)
         tops.append(step)

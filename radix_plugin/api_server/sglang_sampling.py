@@ -63,7 +63,6 @@ class Plan:
 
     params: SamplingParams
     prefill_only: bool
-    prompt_logprobs: bool
 
 
 def prefill_pin_ttl_from_env() -> float:
@@ -125,13 +124,10 @@ def plan_item(
         seed=s.sampling_seed,
         logprobs=item.top_logprobs_num if item.return_logprob else None,
         prompt_logprobs=item.top_logprobs_num if prompt_logprobs else None,
-        # Read the cached prefix even with prompt logprobs (vLLM skips it by default):
-        # the endpoint realigns the rows and reruns uncached if the hit covers rows it needs.
-        skip_reading_prefix_cache=False if prompt_logprobs else None,
         structured_outputs=structured,
         extra_args=extra or None,
     )
-    return Plan(params=params, prefill_only=prefill_only, prompt_logprobs=prompt_logprobs)
+    return Plan(params=params, prefill_only=prefill_only)
 
 
 def _extra_args(

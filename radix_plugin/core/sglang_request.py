@@ -83,10 +83,8 @@ MAX_BATCH = 1024
 """Most prompts (times ``n``) one request may carry."""
 MAX_N = 64
 MAX_STOP_COUNT = 32
-"""SGLang's own limit on stop strings (and on stop_regex patterns)."""
+"""SGLang's own limit on stop strings."""
 MAX_STOP_CHARS = 1024
-MAX_STOP_REGEX_BYTES = 256
-"""SGLang's limit on one stop_regex pattern."""
 MAX_RID_CHARS = 256
 MAX_TEXT_CHARS = 4 * 1024 * 1024
 """Raw prompt characters parsed at all; the token limit (the model's context) comes after."""
@@ -109,7 +107,6 @@ class SglSampling:
     min_new_tokens: int = 0
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    stop_regex: tuple[str, ...] = ()
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -308,6 +305,8 @@ def _sampling(raw: Mapping[str, Any] | None, name: str, vocab_size: int | None) 
         raise SglRequestError(
             f"{name}.min_new_tokens", f"must be in [0, max_new_tokens={max_new}], got {min_new}"
         )
+    if raw.get("stop_regex"):  # vLLM has no regex stop; [] / null is what clients send
+        raise SglRequestError(f"{name}.stop_regex", "is not supported by this server")
     grammars = [key for key in ("json_schema", "regex", "ebnf") if raw.get(key)]
     if len(grammars) > 1:
         raise SglRequestError(
@@ -318,7 +317,6 @@ def _sampling(raw: Mapping[str, Any] | None, name: str, vocab_size: int | None) 
         min_new_tokens=min_new,
         stop=get.strings("stop", MAX_STOP_COUNT, MAX_STOP_CHARS),
         stop_token_ids=get.token_ids("stop_token_ids", vocab_size),
-        stop_regex=get.strings("stop_regex", MAX_STOP_COUNT, MAX_STOP_REGEX_BYTES),
         temperature=get.number("temperature", d.temperature, low=0.0),
         top_p=get.number("top_p", d.top_p, low=0.0, high=1.0, open_low=True),
         top_k=_top_k(get.integer("top_k", d.top_k), name),

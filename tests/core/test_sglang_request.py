@@ -106,6 +106,7 @@ def test_null_max_new_tokens_means_until_the_context_ends() -> None:
         ),
         ({"text": "x", "sampling_params": {"n": 0}}, "sampling_params.n"),
         ({"text": "x", "sampling_params": {"stop": [""]}}, "sampling_params.stop"),
+        ({"text": "x", "sampling_params": {"stop_regex": "a+"}}, "sampling_params.stop_regex"),
         (
             {"text": "x", "sampling_params": {"stop_token_ids": [500]}},
             "sampling_params.stop_token_ids",
