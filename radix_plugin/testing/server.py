@@ -67,12 +67,26 @@ def server_env() -> dict[str, str]:
     )
 
 
+SGLANG_VLLM_PLUGINS = "radix_plugin,radix_pins,radix_sglang"
+"""`radix_plugin.core.plugin_allowlist.RECOMMENDED_VALUE` (tests check they agree)."""
+
+
+def sglang_endpoint_env() -> dict[str, str]:
+    """`server_env` plus the allowlist that loads the SGLang endpoint plugin (`radix_sglang`)
+    next to the plugin's other filtered entry points."""
+    return dict(server_env(), VLLM_PLUGINS=SGLANG_VLLM_PLUGINS)
+
+
 @contextlib.contextmanager
 def running_server(
-    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+    cmd: list[str],
+    port: int,
+    log: IO[str] | None = None,
+    timeout_s: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run `cmd` until the block exits; yields the base URL once /health answers."""
-    with server_process(cmd, port, log, timeout_s) as (base, _):
+    with server_process(cmd, port, log, timeout_s, env) as (base, _):
         yield base
 
 
