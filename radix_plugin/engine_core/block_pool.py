@@ -10,6 +10,12 @@ reference count drops to zero. Here the free blocks live in two tiers:
 * cached blocks, which stay in the radix tree and are handed out leaf-first in the order of
   the configured eviction policy.
 
+KV-cache events are vLLM's: a radix eviction hands the block out through vLLM's
+``get_new_blocks``, which drops its hash and reports ``BlockRemoved``, exactly as for a stock
+eviction. The pool also keeps each tree block's ``BlockStored`` payload (only while events are
+on) so the host tier can announce the same content on the host medium, and announces blocks a
+prefetch brings back (see ``kv_events``).
+
 The tree holds one node per block, keyed by vLLM's chained block hash (which already covers
 the prefix, LoRA and cache salt), so a node is protected exactly while its block's reference
 count is positive. A duplicate block (same content as a cached one, computed again, e.g. the
@@ -26,12 +32,14 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from vllm.distributed.kv_events import BlockStored
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.compat import BlockPoolSeam
 from radix_plugin.core.hints import RequestHintsMap
 from radix_plugin.core.radix_tree import RadixNode, RadixTree
+from radix_plugin.engine_core.kv_events import StoredBlock, split_stored, stored_events
 
 if TYPE_CHECKING:
     from vllm.v1.request import Request
@@ -147,6 +155,9 @@ class RadixBlockPool(BlockPoolSeam):
         self._node_of: dict[int, RadixNode] = {}
         self._alias_of: dict[int, RadixNode] = {}
         self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
+        self._reset_listeners: list[Callable[[], None]] = []
+        # Block id -> how its content was announced; only for tree blocks, only with events.
+        self._stored: dict[int, StoredBlock] = {}
         # The radix scheduler shares its own map, filled when requests are added.
         self.request_hints = RequestHintsMap()
         still_free = [b for b in self.blocks if not b.is_null]
@@ -194,6 +205,7 @@ class RadixBlockPool(BlockPoolSeam):
         kv_cache_group_id: int,
         block_mask: list[bool] | None = None,
     ) -> None:
+        queued = len(self.kv_event_queue)
         super().cache_full_blocks(
             request,
             blocks,
@@ -224,6 +236,7 @@ class RadixBlockPool(BlockPoolSeam):
         already, _ = self.tree.insert(
             pages, ids, parent=parent, priority=self.request_hints.get(request).priority
         )
+        announced = self._announced_blocks(queued, len(new_blocks))
         node = parent if parent is not None else self.tree.root()
         for i, block in enumerate(new_blocks):
             node = node.children[pages[i]]
@@ -234,8 +247,24 @@ class RadixBlockPool(BlockPoolSeam):
                     self.tree.hold(node)
                 continue
             self._node_of[block.block_id] = node
+            if announced:
+                self._stored[block.block_id] = announced[i]
             if block.ref_cnt > 0:
                 self.tree.hold(node)
+
+    def _announced_blocks(self, queued: int, n: int) -> list[StoredBlock]:
+        """The per-block payloads of the ``BlockStored`` vLLM just queued for ``n`` blocks
+        (the events after index ``queued``); empty with events off."""
+        stored = [e for e in self.kv_event_queue[queued:] if isinstance(e, BlockStored)]
+        if not stored:
+            return []
+        blocks = split_stored(stored[-1])
+        assert len(blocks) == n, f"vLLM announced {len(blocks)} of {n} new full blocks"
+        return blocks
+
+    def stored_block(self, block_id: int) -> StoredBlock | None:
+        """How a cached tree block's content was announced (``None`` with events off)."""
+        return self._stored.get(block_id)
 
     def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
         super().touch(blocks)
@@ -280,12 +309,19 @@ class RadixBlockPool(BlockPoolSeam):
         evicted = [self.blocks[b] for b in ids]
         for listener in self._eviction_listeners:
             listener(evicted)
+        for block_id in ids:
+            self._stored.pop(block_id, None)
         return evicted
 
     def add_eviction_listener(self, listener: Callable[[list[KVCacheBlock]], None]) -> None:
         """Call ``listener`` with every batch of evicted cached blocks, while they still
         carry their block hash and content (the host tier copies them out)."""
         self._eviction_listeners.append(listener)
+
+    def add_reset_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every successful prefix-cache reset (which queued an
+        ``AllBlocksCleared`` event)."""
+        self._reset_listeners.append(listener)
 
     # --- host-tier prefetch --------------------------------------------------------------
 
@@ -316,14 +352,20 @@ class RadixBlockPool(BlockPoolSeam):
         blocks: Sequence[KVCacheBlock],
         block_hashes: Sequence[Any],
         first_block_index: int,
+        announce: Sequence[StoredBlock] | None = None,
     ) -> RadixNode | None:
         """Index blocks a prefetch filled as the cached continuation of ``parent`` (``None``:
         the root), then drop the prefetch's reference so they are ordinary cached blocks.
 
         ``block_hashes`` are vLLM's hashes with group id, ``first_block_index`` the position
-        of the first block in its sequence. Blocks whose content got cached meanwhile by a
-        request are duplicates and go back uncached. Returns the last indexed node."""
+        of the first block in its sequence, ``announce`` their payloads (required while KV
+        events are on: each newly cached block is reported ``BlockStored`` on this pool's
+        medium). Blocks whose content got cached meanwhile by a request are duplicates and
+        go back uncached. Returns the last indexed node."""
+        if self.enable_kv_cache_events and announce is None:
+            raise ValueError("with KV events on, prefetched blocks need their payloads")
         last: RadixNode | None = None
+        cached: list[StoredBlock] = []
         if parent is None or parent.parent is not None:
             ids = [b.block_id for b in blocks]
             already, _ = self.tree.insert(list(block_hashes), ids, parent=parent)
@@ -334,10 +376,14 @@ class RadixBlockPool(BlockPoolSeam):
                     continue
                 num_tokens = (first_block_index + i + 1) * self.hash_block_size
                 self.insert_cached_hash(page, block, num_tokens=num_tokens)
+                if announce is not None and self.enable_kv_cache_events:
+                    self._stored[block.block_id] = announce[i]
+                    cached.append(announce[i])
                 self._node_of[block.block_id] = node
                 node.hit_count = max(node.hit_count, 1)  # brought back for reuse
                 self.tree.hold(node)
                 last = node
+        self.kv_event_queue.extend(stored_events(cached, self.medium))
         self.free_blocks(blocks)
         return last
 
@@ -356,6 +402,7 @@ class RadixBlockPool(BlockPoolSeam):
         for dropped in self.tree.remove_subtree(node):
             block = self.blocks[dropped.blocks[0]]
             del self._node_of[block.block_id]
+            self._stored.pop(block.block_id, None)
             if block.ref_cnt == 0:
                 still_free.append(block)
         for alias, target in list(self._alias_of.items()):
@@ -374,6 +421,9 @@ class RadixBlockPool(BlockPoolSeam):
         self.free_block_queue.move_plain_blocks_from(self.blocks[b] for b in freed)  # type: ignore[attr-defined]
         self._node_of.clear()
         self._alias_of.clear()
+        self._stored.clear()
+        for listener in self._reset_listeners:
+            listener()
         return True
 
     # --- hints ---------------------------------------------------------------------------
