@@ -3,10 +3,14 @@
 Written against vLLM 0.32.0 (``vllm/v1/core/block_pool.py``, ``kv_cache_utils.py``).
 
 vLLM keeps free blocks in one LRU queue; cached blocks become eviction candidates when their
-reference count drops to zero. Here the free blocks live in two tiers:
+reference count drops to zero. Here the free blocks live in three tiers, handed out in order:
 
-* blocks holding nothing reusable (never used, or not in the tree), handed out first, most
-  recently freed first, as vLLM does;
+* blocks holding nothing (never used, or their content was never cached), most recently
+  freed first, as vLLM does;
+* blocks whose content vLLM's hash map still lists but the tree does not (a duplicate of a
+  cached block, a continuation of an invalidated prefix), oldest release first: no lookup
+  of the tree can hit them, yet vLLM announced them, so, as in vLLM, they are reused only
+  once no empty block is left (each reuse is a ``BlockRemoved`` a router sees);
 * cached blocks, which stay in the radix tree and are handed out leaf-first in the order of
   the configured eviction policy.
 
@@ -48,24 +52,26 @@ if TYPE_CHECKING:
 
 
 class RadixFreeQueue:
-    """Drop-in for vLLM's ``FreeKVCacheBlockQueue`` over the two tiers described above.
+    """Drop-in for vLLM's ``FreeKVCacheBlockQueue`` over the three tiers described above.
 
-    ``remove`` is called on every cache hit and must be O(1): an uncached block leaves a dict,
-    a cached block just becomes protected in the tree.
+    ``remove`` is called on every cache hit and must be O(1): a block outside the tree leaves
+    a dict, a cached block just becomes protected in the tree.
     """
 
     def __init__(self, pool: RadixBlockPool, free_blocks: Sequence[KVCacheBlock]) -> None:
         self._pool = pool
-        # Insertion-ordered dict used as a stack: popitem() takes the last one in.
+        # Insertion-ordered dicts: the empty tier is a stack (popitem takes the last one in),
+        # the hashed tier a queue (its first key is the oldest release).
         self._plain: dict[int, KVCacheBlock] = {b.block_id: b for b in reversed(free_blocks)}
+        self._hashed: dict[int, KVCacheBlock] = {}
 
     @property
     def num_free_blocks(self) -> int:
-        """Uncached free blocks plus the tree's unprotected (evictable) blocks, O(1).
+        """Free blocks outside the tree plus the tree's unprotected (evictable) blocks, O(1).
 
         Derived rather than counted, so pins, aliases and invalidations can never make it
         drift from what ``popleft_n`` can actually hand out."""
-        return len(self._plain) + self._pool.tree.evictable_blocks()
+        return len(self._plain) + len(self._hashed) + self._pool.tree.evictable_blocks()
 
     # The FreeKVCacheBlockQueue interface ------------------------------------------------
 
@@ -78,17 +84,23 @@ class RadixFreeQueue:
         out: list[KVCacheBlock] = []
         while self._plain and len(out) < n:
             out.append(self._plain.popitem()[1])
+        while self._hashed and len(out) < n:
+            out.append(self._hashed.pop(next(iter(self._hashed))))
         if len(out) < n:
             out.extend(self._pool.evict_cached(n - len(out)))
         if len(out) != n:
             raise RuntimeError(f"radix free queue out of sync: wanted {n}, got {len(out)}")
         return out
 
-    def has_uncached_blocks(self) -> bool:
-        return bool(self._plain)
+    def has_blocks_outside_tree(self) -> bool:
+        """Whether a block can be handed out without evicting anything the tree serves."""
+        return bool(self._plain or self._hashed)
 
     def remove(self, block: KVCacheBlock) -> None:
-        if self._plain.pop(block.block_id, None) is None:
+        if (
+            self._plain.pop(block.block_id, None) is None
+            and self._hashed.pop(block.block_id, None) is None
+        ):
             self._pool.on_cached_block_used(block)
 
     def append(self, block: KVCacheBlock) -> None:
@@ -97,15 +109,23 @@ class RadixFreeQueue:
     def append_n(self, blocks: Iterable[KVCacheBlock]) -> None:
         for block in blocks:
             if not self._pool.on_block_released(block):
-                self._plain[block.block_id] = block
+                self._park(block)
+
+    def _park(self, block: KVCacheBlock) -> None:
+        """A free block outside the tree: empty, or still listed in vLLM's hash map."""
+        if block.block_hash is None:
+            self._plain[block.block_id] = block
+        else:
+            self._hashed[block.block_id] = block
 
     def prepend_n(self, blocks: Iterable[KVCacheBlock]) -> None:
         # Uncached blocks go first (LIFO), as in vLLM; cached ones stay ordered by the tree.
         self.append_n(blocks)
 
     def get_all_free_blocks(self) -> list[KVCacheBlock]:
-        """Free blocks, uncached ones first (for tests and introspection; O(N))."""
-        plain = list(reversed(self._plain.values()))
+        """Free blocks in the order they are handed out, the tree's unordered (for tests and
+        introspection; O(N))."""
+        plain = [*reversed(self._plain.values()), *self._hashed.values()]
         tree_free = [
             self._pool.blocks[b]
             for node in self._pool.tree.iter_nodes()
@@ -120,10 +140,15 @@ class RadixFreeQueue:
             "can walk; it cannot be combined with VLLM_USE_SIMPLE_KV_OFFLOAD"
         )
 
-    def move_plain_blocks_from(self, blocks: Iterable[KVCacheBlock]) -> None:
+    def move_from_tree(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Blocks that were free in the tree and left it; they are still free."""
         for block in blocks:
-            self._plain[block.block_id] = block
+            self._park(block)
+
+    def forget_hashes(self) -> None:
+        """vLLM's prefix-cache reset dropped every hash: the hashed tier is empty blocks."""
+        self._plain.update(self._hashed)
+        self._hashed.clear()
 
 
 class RadixBlockPool(BlockPoolSeam):
@@ -333,13 +358,13 @@ class RadixBlockPool(BlockPoolSeam):
     def take_blocks_for_prefetch(
         self, n: int, may_evict: Callable[[RadixNode], bool]
     ) -> list[KVCacheBlock]:
-        """Up to ``n`` blocks for a prefetch: uncached free blocks first, then cached ones,
+        """Up to ``n`` blocks for a prefetch: free blocks outside the tree first, then cached ones,
         but only while the next eviction victim passes ``may_evict`` (a prefetch must not
         evict what is needed sooner than what it brings back)."""
         queue: RadixFreeQueue = self.free_block_queue  # type: ignore[assignment]
         taken: list[KVCacheBlock] = []
         while len(taken) < n:
-            if not queue.has_uncached_blocks():
+            if not queue.has_blocks_outside_tree():
                 victim = self.tree.next_victim()
                 if victim is None or not may_evict(victim):
                     break
@@ -396,7 +421,7 @@ class RadixBlockPool(BlockPoolSeam):
 
     def _drop_subtree(self, node: RadixNode) -> None:
         """A prefix was invalidated from outside: it and its continuations leave the index;
-        their free blocks stay free, in the uncached tier. Blocks in use (and duplicates
+        their free blocks stay free, outside the tree. Blocks in use (and duplicates
         of dropped blocks) leave the maps too, so their release finds nothing to undo."""
         still_free = []
         for dropped in self.tree.remove_subtree(node):
@@ -408,7 +433,7 @@ class RadixBlockPool(BlockPoolSeam):
         for alias, target in list(self._alias_of.items()):
             if target.detached:
                 del self._alias_of[alias]
-        self.free_block_queue.move_plain_blocks_from(still_free)  # type: ignore[attr-defined]
+        self.free_block_queue.move_from_tree(still_free)  # type: ignore[attr-defined]
 
     def reset_prefix_cache(self) -> bool:
         pinned_free = sum(1 for n in self.tree.iter_nodes() if n.pin_count and not n.lock_count)
@@ -418,7 +443,9 @@ class RadixBlockPool(BlockPoolSeam):
             return False
         freed = self.tree.reset()
         assert freed is not None, "vLLM reported no block in use but the tree has protected ones"
-        self.free_block_queue.move_plain_blocks_from(self.blocks[b] for b in freed)  # type: ignore[attr-defined]
+        queue: RadixFreeQueue = self.free_block_queue  # type: ignore[assignment]
+        queue.forget_hashes()
+        queue.move_from_tree(self.blocks[b] for b in freed)
         self._node_of.clear()
         self._alias_of.clear()
         self._stored.clear()
