@@ -15,7 +15,11 @@ from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStor
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_manager import KVCacheManager
-from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+from vllm.v1.core.kv_cache_utils import (
+    get_request_block_hasher,
+    init_none_hash,
+    maybe_convert_block_hash,
+)
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.request import Request
 
@@ -134,6 +138,7 @@ def test_duplicate_last_block_protects_the_original_and_is_reused_before_tree_bl
     assert not [e for e in m.take_events() if isinstance(e, BlockRemoved)]
     seventh, _ = admit(m, list(range(600, 603)))
     (removed,) = [e for e in m.take_events() if isinstance(e, BlockRemoved)]
+    assert removed.block_hashes == [maybe_convert_block_hash(again.block_hashes[3])]
     assert tree.stats().evicted_blocks == 0
     _, hit_after, *_ = m.get_computed_blocks(request(tokens))
     assert hit_after == 12

@@ -8,10 +8,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_block_pool import admit, make_manager, pool_of
+from test_block_pool import admit, make_manager, pool_of, request
 from vllm.distributed.kv_events import BlockStored
 from vllm.v1.outputs import KVConnectorOutput
 
+from radix_plugin.core.radix_tree import PinBudgetExceeded
 from radix_plugin.engine_core.host_tier import HostTierScheduler
 from radix_plugin.engine_core.kv_events import split_stored, stored_events
 from radix_plugin.host_tier.metadata import HostTierWorkerMetadata
@@ -21,7 +22,16 @@ AGENTS = ("a", "b", "c")
 OPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["admit", "admit", "admit", "free", "invalidate", "prefetch", "reset", "reset_host"]
+            [
+                *["admit"] * 3,
+                "free",
+                "invalidate",
+                "prefetch",
+                "pin",
+                "unpin",
+                "reset",
+                "reset_host",
+            ]
         ),
         st.integers(0, 2),  # prompt family / agent
         st.integers(0, 40),  # suffix length or a pick
@@ -41,8 +51,10 @@ class Replica:
             block_size=4, num_slots=host_slots, prefetch=True, load_ahead_steps=2, num_workers=1
         )
         self.host.bind(self.pool)
+        self.pool.tree.max_pinned_blocks = 6
         self.index = KVEventIndex()
         self.running: list[Any] = []
+        self.pinned: list[Any] = []
 
     def step(self) -> None:
         """What vLLM does at the end of a step: pool events, then the connector's."""
@@ -53,8 +65,29 @@ class Replica:
         assert self.index.medium("GPU") == device_hashes(self.pool)
         assert self.index.medium("CPU") == host_hashes(self.host)
 
+    @staticmethod
+    def prompt(family: int, suffix: int) -> list[int]:
+        return [1000 * (family + 1) + i for i in range(12)] + [7 + family] * suffix + [3]
+
+    def pin(self, family: int, suffix: int) -> None:
+        """radix_pin's effect: the cached prefix of a prompt resists eviction."""
+        n, node = self.pool.cached_prefix_node(request(self.prompt(family, suffix)).block_hashes)
+        if n:
+            try:
+                self.pool.pin_prefix(node)
+            except PinBudgetExceeded:
+                return
+            self.pinned.append(node)
+
+    def unpin(self, pick: int) -> None:
+        """A pin released or expired (its time-to-live): its blocks become victims again."""
+        if self.pinned:
+            node = self.pinned.pop(pick % len(self.pinned))
+            if node.pin_count:
+                self.pool.unpin_prefix(node)
+
     def admit(self, family: int, suffix: int) -> None:
-        prompt = [1000 * (family + 1) + i for i in range(12)] + [7 + family] * suffix + [3]
+        prompt = self.prompt(family, suffix)
         usable = self.pool.get_num_free_blocks()
         if len(prompt) // 4 + 1 > usable:
             return
@@ -89,8 +122,12 @@ def test_replayed_events_equal_the_pool_and_the_host_tier(ops: list, host_slots:
                 replica.pool.evict_blocks({cached[n % len(cached)]})
         elif op == "prefetch":
             replica.prefetch(which)
-        elif op == "reset":
-            replica.manager.reset_prefix_cache()  # refused while requests hold blocks
+        elif op == "pin":
+            replica.pin(which, n)
+        elif op == "unpin":
+            replica.unpin(n)
+        elif op == "reset" and replica.manager.reset_prefix_cache():  # refused while in use
+            replica.pinned.clear()  # a reset drops the pins with the tree
         elif op == "reset_host":
             replica.host.reset()
         replica.step()
