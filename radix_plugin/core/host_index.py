@@ -9,13 +9,15 @@ while a lookup of the current step has promised them to a request (``protect``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 
 
 class HostIndex:
     """Block hash -> host slot, with LRU reuse of slots nobody reads."""
 
-    def __init__(self, num_slots: int) -> None:
+    def __init__(self, num_slots: int, on_drop: Callable[[Hashable], None] | None = None) -> None:
+        """``on_drop`` is called with every block hash whose copy is forgotten (its slot
+        reused, or :meth:`clear`)."""
         if num_slots < 1:
             raise ValueError(f"the host tier needs at least 1 slot, got {num_slots}")
         self.num_slots = num_slots
@@ -24,9 +26,14 @@ class HostIndex:
         self._free = list(range(num_slots - 1, -1, -1))
         self._readers: dict[int, int] = {}
         self._protected: set[int] = set()
+        self._on_drop = on_drop
 
     def __len__(self) -> int:
         return len(self._slot_of)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        """Block hashes held, least recently used first."""
+        return iter(self._slot_of)
 
     def __contains__(self, block_hash: Hashable) -> bool:
         return block_hash in self._slot_of
@@ -91,3 +98,5 @@ class HostIndex:
         slot = self._slot_of.pop(block_hash)
         del self._hash_of[slot]
         self._free.append(slot)
+        if self._on_drop is not None:
+            self._on_drop(block_hash)

@@ -12,23 +12,32 @@
   steps-to-execution) get the host-held part of their last prompt loaded into free device
   blocks before their request arrives; the blocks only ever come from free blocks whose
   eviction the workflow order allows, and join the prefix cache once loaded.
+* KV events (when vLLM's are on): host copies are reported on the ``CPU`` medium, prefetched
+  blocks on the device pool's medium (``kv_events``), through the connector's
+  ``take_events``, which vLLM publishes after the device pool's events of the same step.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vllm.distributed.kv_events import MEDIUM_CPU, KVCacheEvent
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.core.hints import HintError, parse_hints
 from radix_plugin.core.host_index import HostIndex
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.engine_core.block_pool import RadixBlockPool
+from radix_plugin.engine_core.kv_events import (
+    StoredBlock,
+    parents_first,
+    removed_event,
+    stored_events,
+)
 from radix_plugin.host_tier.metadata import (
     HostTierMetadata,
     HostTierWorkerMetadata,
@@ -39,8 +48,6 @@ if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
-
-logger = logging.getLogger(__name__)
 
 MAX_REMEMBERED_AGENTS = 4096
 
@@ -81,7 +88,7 @@ class HostTierScheduler:
         num_workers: int,
     ) -> None:
         self.block_size = block_size
-        self.index = HostIndex(num_slots)
+        self.index = HostIndex(num_slots, on_drop=self._on_host_drop)
         self.prefetch = prefetch
         self.load_ahead_steps = load_ahead_steps
         self.num_workers = num_workers
@@ -95,6 +102,11 @@ class HostTierScheduler:
         self._loading: dict[Any, str] = {}
         self._agent_paths: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._job_ids = itertools.count()
+        # With KV events on: each host copy's payload, and the events not yet taken.
+        self._events_on = False
+        self._announced: dict[Any, StoredBlock] = {}
+        self._unannounced: dict[Any, StoredBlock] = {}  # saved since the last take_events
+        self._events: list[KVCacheEvent] = []
 
     # --- wiring --------------------------------------------------------------------------
 
@@ -106,13 +118,9 @@ class HostTierScheduler:
                 f"(got a {type(block_pool).__name__})"
             )
         self._pool = block_pool
+        self._events_on = block_pool.enable_kv_cache_events
         block_pool.add_eviction_listener(self.on_evicted)
-        if self.prefetch and block_pool.enable_kv_cache_events:
-            logger.warning(
-                "radix host tier: prefetch is off while KV cache events are on (prefetched "
-                "blocks would join the cache without a BlockStored event)"
-            )
-            self.prefetch = False
+        block_pool.add_reset_listener(self._on_pool_reset)
 
     @property
     def pool(self) -> RadixBlockPool:
@@ -123,6 +131,8 @@ class HostTierScheduler:
     # --- saves ---------------------------------------------------------------------------
 
     def on_evicted(self, blocks: list[KVCacheBlock]) -> None:
+        """Queue copies of evicted blocks to host slots (in eviction order, leaf first, so
+        a deeper block's host copy is the older one and is reused first)."""
         for block in blocks:
             key = block.block_hash
             if key is None or key in self._loading:
@@ -130,12 +140,44 @@ class HostTierScheduler:
             if key in self.index:
                 self.index.touch(key)
                 continue
+            announced = self.pool.stored_block(block.block_id)
+            if self._events_on and announced is None:
+                # Never announced on the device: a host copy routers cannot be told about.
+                self.stats.skipped_saves += 1
+                continue
             slot = self.index.store(key)
             if slot is None:
                 self.stats.skipped_saves += 1
                 continue
             self._saves.append((block.block_id, slot))
             self.stats.saved_blocks += 1
+            if announced is not None:
+                self._announced[key] = announced
+                self._unannounced[key] = announced
+
+    # --- KV events -----------------------------------------------------------------------
+
+    def _on_host_drop(self, key: Any) -> None:
+        announced = self._announced.pop(key, None)
+        if self._unannounced.pop(key, None) is None and announced is not None:
+            self._events.append(removed_event(announced, MEDIUM_CPU))
+
+    def _on_pool_reset(self) -> None:
+        """The device pool queued ``AllBlocksCleared``, which vLLM publishes before this
+        tier's events and which clears every medium of the replica: announce the host
+        copies again, replacing the events not yet taken (the snapshot covers them)."""
+        if self._events_on:
+            self._events = stored_events(parents_first(self._announced.values()), MEDIUM_CPU)
+            self._unannounced.clear()
+
+    def take_events(self) -> list[KVCacheEvent]:
+        """This step's host-tier events: removals (and a reset's snapshot), then the new
+        copies, parents first. vLLM publishes the device pool's events of the step first,
+        so a chain evicted over several allocations must not reach a consumer child first."""
+        stored = stored_events(parents_first(self._unannounced.values()), MEDIUM_CPU)
+        events, self._events = [*self._events, *stored], []
+        self._unannounced.clear()
+        return events
 
     # --- demand loads --------------------------------------------------------------------
 
@@ -316,7 +358,10 @@ class HostTierScheduler:
                 pool.free_blocks(prefetch.device_path)
                 return
         first = len(prefetch.device_path)
-        last = pool.adopt_loaded_blocks(parent, prefetch.blocks, prefetch.keys, first)
+        announce = None
+        if self._events_on:
+            announce = [self._announced[key] for key in prefetch.keys]
+        last = pool.adopt_loaded_blocks(parent, prefetch.blocks, prefetch.keys, first, announce)
         if last is not None:
             tag_agent(pool.tree, last, prefetch.agent)
         pool.free_blocks(prefetch.device_path)

@@ -34,6 +34,7 @@ from radix_plugin.host_tier.metadata import HostTierMetadata
 if TYPE_CHECKING:
     import torch
     from vllm.config import VllmConfig
+    from vllm.distributed.kv_events import KVCacheEvent
     from vllm.forward_context import ForwardContext
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
     from vllm.v1.core.sched.output import SchedulerOutput
@@ -130,6 +131,10 @@ class RadixHostTierConnector(KVConnectorBase_V1):
 
     def reset_cache(self) -> bool:
         return self._sched.reset()
+
+    def take_events(self) -> list[KVCacheEvent]:
+        """Host-tier KV events of this step (vLLM publishes them after the device pool's)."""
+        return self._sched.take_events()
 
     # --- worker side ---------------------------------------------------------------------
 

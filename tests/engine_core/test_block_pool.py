@@ -15,7 +15,11 @@ from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStor
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_manager import KVCacheManager
-from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+from vllm.v1.core.kv_cache_utils import (
+    get_request_block_hasher,
+    init_none_hash,
+    maybe_convert_block_hash,
+)
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.request import Request
 
@@ -112,7 +116,7 @@ def test_eviction_is_leaf_first_lru_and_reports_block_removed() -> None:
     m.free(third)
 
 
-def test_duplicate_last_block_protects_the_original_and_is_freed_first() -> None:
+def test_duplicate_last_block_protects_the_original_and_is_reused_before_tree_blocks() -> None:
     m = make_manager(12)
     tokens = list(range(16))  # exactly 4 blocks
     first, _ = admit(m, tokens)
@@ -127,11 +131,19 @@ def test_duplicate_last_block_protects_the_original_and_is_freed_first() -> None
     m.free(again)
     assert tree.stats().protected_blocks == 0
     assert pool.get_num_free_blocks() == 11
-    # The duplicate is uncached and goes out first; the cached chain survives.
-    other, _ = admit(m, list(range(500, 504)))
+    m.take_events()
+    # The duplicate goes out once the 6 empty blocks are gone, before any tree block (as in
+    # vLLM, whose events it keeps: its hash is reported removed only when it is reused).
+    six, _ = admit(m, list(range(500, 524)))  # 6 blocks
+    assert not [e for e in m.take_events() if isinstance(e, BlockRemoved)]
+    seventh, _ = admit(m, list(range(600, 603)))
+    (removed,) = [e for e in m.take_events() if isinstance(e, BlockRemoved)]
+    assert removed.block_hashes == [maybe_convert_block_hash(again.block_hashes[3])]
+    assert tree.stats().evicted_blocks == 0
     _, hit_after, *_ = m.get_computed_blocks(request(tokens))
     assert hit_after == 12
-    m.free(other)
+    m.free(six)
+    m.free(seventh)
 
 
 def test_pinned_prefix_survives_pressure_and_is_not_counted_free() -> None:

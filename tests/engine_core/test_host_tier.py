@@ -218,7 +218,7 @@ def test_evicted_blocks_are_saved_then_found_and_loading_blocks_make_requests_wa
 
 
 def test_prefetch_only_evicts_what_is_needed_later_and_adopted_blocks_hit() -> None:
-    m = make_manager(9)
+    m = make_manager(9, events=False)  # with events on, adopting needs payloads (test_kv_events)
     pool = pool_of(m)
     keep, _ = admit(m, list(range(100, 116)))  # 4 blocks
     m.free(keep)
