@@ -410,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             args.name,
             {"meta": meta, "summary": summary, "runs": runs},
             f"# Structured decoding side by side (real engine, CPU)\n\n{meta}\n\n"
-            "Greedy requests. Forced mode emits the canonical tokenization of forced text "
-            "(usually fewer tokens for the same text), so compare requests/s and chars/s, "
-            "not only tokens/s.\n\n" + text,
+            "Greedy requests. Forced runs are emitted in the canonical tokenization of the "
+            "forced text (usually fewer tokens for the same text), so compare requests/s "
+            "and chars/s, not only tokens/s. `plugin_jump_forward` is the default `auto` "
+            "mode (forced runs of 4+ tokens unverified, shorter ones verified).\n\n" + text,
         )
         plot(summary, str(out / f"{args.name}.png"), f"{args.model}: {meta['machine']}")
     return 0
