@@ -9,8 +9,10 @@ Engines (all in this process, greedy requests):
 - ``plugin_masking``: RadixScheduler + the plugin's logits processor, grammars through
   ``vllm_xargs`` (masking only, no jump-forward).
 - ``plugin_jump_forward``: only ``--scheduler-cls radix_plugin.RadixScheduler`` (the plugin
-  supplies the draft config) and the same ``structured_outputs`` requests as vanilla; forced
-  mode (SGLang semantics, the default).
+  supplies the draft config) and the same ``structured_outputs`` requests as vanilla; the
+  default ``auto`` mode (forced runs of 4+ tokens appended unverified, shorter ones verified).
+- ``plugin_jump_forward_forced``: the same with ``jump_forward_mode: forced`` (SGLang's
+  semantics for every forced run).
 - ``plugin_jump_forward_verify``: the same with ``jump_forward_mode: verify`` (the model
   verifies every forced token; outputs identical to plain greedy decoding).
 
@@ -104,11 +106,6 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 MAX_TOKENS = {"free_text": 512}
 PLAIN_TOKENS = 64
 
-DRAFTS = {
-    "method": "custom_class",
-    "model": "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer",
-    "num_speculative_tokens": 16,
-}
 XGRAMMAR = {"backend": "xgrammar", "disable_any_whitespace": True}
 RADIX = "radix_plugin.RadixScheduler"
 SIDES = {
@@ -119,10 +116,13 @@ SIDES = {
     },
     # One flag: no speculative config here, the plugin supplies it.
     "plugin_jump_forward": {"scheduler_cls": RADIX, "structured_outputs_config": XGRAMMAR},
-    "plugin_jump_forward_verify": {
-        "scheduler_cls": RADIX,
-        "structured_outputs_config": XGRAMMAR,
-        "additional_config": {"radix_plugin": {"jump_forward_mode": "verify"}},
+    **{
+        f"plugin_jump_forward_{mode}": {
+            "scheduler_cls": RADIX,
+            "structured_outputs_config": XGRAMMAR,
+            "additional_config": {"radix_plugin": {"jump_forward_mode": mode}},
+        }
+        for mode in ("forced", "verify")
     },
 }
 XARGS_SIDES = ("plugin_masking",)
@@ -410,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             args.name,
             {"meta": meta, "summary": summary, "runs": runs},
             f"# Structured decoding side by side (real engine, CPU)\n\n{meta}\n\n"
-            "Greedy requests. Forced mode emits the canonical tokenization of forced text "
-            "(usually fewer tokens for the same text), so compare requests/s and chars/s, "
-            "not only tokens/s.\n\n" + text,
+            "Greedy requests. Forced runs are emitted in the canonical tokenization of the "
+            "forced text (usually fewer tokens for the same text), so compare requests/s "
+            "and chars/s, not only tokens/s. `plugin_jump_forward` is the default `auto` "
+            "mode (forced runs of 4+ tokens unverified, shorter ones verified).\n\n" + text,
         )
         plot(summary, str(out / f"{args.name}.png"), f"{args.model}: {meta['machine']}")
     return 0

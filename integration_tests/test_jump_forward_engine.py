@@ -2,8 +2,9 @@
 
 All engines run the plugin with the no-op draft proposer: ``jump_forward`` off (masking
 only), on in ``verify`` mode (the model verifies forced drafts: outputs identical to plain
-decoding) and on in ``forced`` mode (SGLang's semantics: forced text appended in canonical
-tokenization; outputs stay valid but their token ids may differ).
+decoding), on in ``forced`` mode (SGLang's semantics: forced text appended in canonical
+tokenization; outputs stay valid but their token ids may differ), and the engine started
+with only ``--scheduler-cls`` (the default ``auto`` mode: forced runs of 4+ tokens).
 """
 
 from __future__ import annotations
@@ -180,8 +181,14 @@ def test_requests_without_grammar_are_untouched(engines: dict[Any, Any], on: Any
     assert got[0].outputs[0].token_ids == off[0].outputs[0].token_ids
 
 
+EBNF = '''root ::= "Shipment " id " is " state "."
+id ::= [A-Z] [A-Z] [0-9] [0-9] [0-9]
+state ::= "delivered" | "delayed in transit" | "returned to sender"'''
+EBNF_RE = r"Shipment [A-Z]{2}[0-9]{3} is (delivered|delayed in transit|returned to sender)\."
+
+
 def _xargs_cases() -> list[tuple[dict[str, Any], Any]]:
-    """(vllm_xargs, check(text) -> bool) for several schemas, a regex and a choice."""
+    """(vllm_xargs, check(text) -> bool) for several schemas, a regex, an EBNF and a choice."""
     from test_structured_logits import CHOICES, REGEX, SCHEMAS
 
     def schema_check(schema: dict[str, Any]) -> Any:
@@ -195,11 +202,68 @@ def _xargs_cases() -> list[tuple[dict[str, Any], Any]]:
         ({"radix_json_schema": json.dumps(s)}, schema_check(s)) for s in SCHEMAS
     ]
     cases.append(({"radix_regex": REGEX}, lambda t: re.fullmatch(REGEX, t) is not None))
+    cases.append(({"radix_ebnf": EBNF}, lambda t: re.fullmatch(EBNF_RE, t) is not None))
     cases.append(({"radix_choice": CHOICES}, lambda t: t in CHOICES))
     return cases
 
 
-@pytest.mark.parametrize("on", [True, "forced"], ids=["verify", "forced"])
+def _vllm_cases() -> list[tuple[StructuredOutputsParams, Any]]:
+    """The same kinds as vLLM's own ``structured_outputs`` (what ``response_format`` and
+    the ``structured_outputs`` request field become): json, regex, grammar and choice."""
+    from test_structured_logits import CHOICES, REGEX, SCHEMAS
+
+    def schema_check(schema: dict[str, Any]) -> Any:
+        return lambda t: jsonschema.validate(json.loads(t), schema) is None
+
+    cases: list[tuple[StructuredOutputsParams, Any]] = [
+        (StructuredOutputsParams(json=s), schema_check(s)) for s in SCHEMAS
+    ]
+    cases.append((StructuredOutputsParams(regex=REGEX), lambda t: re.fullmatch(REGEX, t)))
+    cases.append((StructuredOutputsParams(grammar=EBNF), lambda t: re.fullmatch(EBNF_RE, t)))
+    cases.append((StructuredOutputsParams(choice=CHOICES), lambda t: t in CHOICES))
+    return cases
+
+
+@pytest.mark.parametrize("on", [True, "forced", "flag"], ids=["verify", "forced", "auto"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_every_vllm_structured_output_kind_stays_valid_with_jump_forward(
+    engines: dict[Any, Any], batch: int, on: Any
+) -> None:
+    cases = _vllm_cases()
+    picks = [cases[i % len(cases)] for i in range(batch)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=160, structured_outputs=so) for so, _ in picks
+    ]
+    prompts = [f"Item {i}:" for i in range(batch)]
+    got = engines[on].generate(prompts, params, use_tqdm=False)
+    off = engines[False].generate(prompts, params, use_tqdm=False)
+    for (_, check), a, b in zip(picks, got, off, strict=True):
+        assert a.outputs[0].finish_reason == "stop"
+        assert check(a.outputs[0].text)
+        if on is True:
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_a_request_can_choose_its_jump_forward_mode(engines: dict[Any, Any]) -> None:
+    """``radix_jump_forward`` per request: ``verify`` on a forced-mode engine decodes exactly
+    as masking only, in fewer steps; ``off`` takes one model step per output token."""
+    prompts = [f"Customer record {i}:" for i in range(4)]
+    extra = XARGS_PARAMS.extra_args
+    verify = SamplingParams(
+        temperature=0.0, max_tokens=200, extra_args={**extra, "radix_jump_forward": "verify"}
+    )
+    off = SamplingParams(
+        temperature=0.0, max_tokens=200, extra_args={**extra, "radix_jump_forward": "off"}
+    )
+    steps_plain, tokens_plain, _ = _run(engines[False], prompts)
+    steps_verify, tokens_verify, _ = _run(engines["forced"], prompts, verify)
+    steps_off, tokens_off, _ = _run(engines["forced"], prompts, off)
+    assert tokens_verify == tokens_plain == tokens_off
+    assert steps_verify < 0.75 * steps_plain
+    assert steps_off >= max(len(t) for t in tokens_off)
+
+
+@pytest.mark.parametrize("on", [True, "forced", "flag"], ids=["verify", "forced", "auto"])
 @pytest.mark.parametrize("batch", [1, 32])
 def test_every_grammar_kind_stays_valid_with_jump_forward(
     engines: dict[Any, Any], batch: int, on: Any

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from radix_plugin.core.grammar_spec import GrammarSpecError, parse_grammar_spec
 from radix_plugin.core.hints import parse_hints
+from radix_plugin.core.jump_forward_mode import request_mode
 from radix_plugin.grammar.builder import build_grammar
 
 if TYPE_CHECKING:
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
 
 
 def validate_radix_xargs(sampling_params: SamplingParams) -> None:
-    """Raise (``HintError`` / ``GrammarSpecError``, both ``ValueError``) naming the bad key."""
+    """Raise (``HintError`` / ``JumpForwardModeError`` / ``GrammarSpecError``, all
+    ``ValueError``) naming the bad key."""
     parse_hints(sampling_params.extra_args)
+    request_mode(sampling_params.extra_args, "auto")
     spec = parse_grammar_spec(sampling_params.extra_args)
     if spec is None:
         return

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radix_plugin.core.hints import MAX_PIN_TTL_S
+from radix_plugin.core.jump_forward_mode import DEFAULT_MIN_FORCED_TOKENS, ENGINE_MODES
 from radix_plugin.core.registry import UnknownPolicyError, make_eviction_policy, make_ordering
 
 CONFIG_KEY = "radix_plugin"
 JUMP_FORWARD_PROPOSER = "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer"
 """The ``--speculative-config`` model that turns jump-forward drafts on (no draft model)."""
-JUMP_FORWARD_MODES = ("forced", "verify")
+JUMP_FORWARD_MODES = ENGINE_MODES
 
 
 class RadixConfigError(ValueError):
@@ -45,10 +46,14 @@ class RadixPluginConfig:
     unpinned (``radix_unpin``), displaced by newer pins over the budget, or a cache reset."""
     jump_forward: bool = True
     """Compressed-FSM jump-forward for structured output (masking only when False)."""
-    jump_forward_mode: str = "forced"
+    jump_forward_mode: str = "auto"
     """``forced`` (SGLang's semantics: the grammar's forced text is appended in its canonical
-    tokenization without asking the model) or ``verify`` (the model verifies every forced
-    token, so outputs are exactly those of plain decoding, in more steps)."""
+    tokenization without asking the model), ``verify`` (the model verifies every forced
+    token, so outputs are exactly those of plain decoding, in more steps) or ``auto``
+    (forced for runs of at least ``jump_forward_min_forced_tokens``, verified for shorter
+    ones); see ``core.jump_forward_mode``. Requests override it with ``radix_jump_forward``."""
+    jump_forward_min_forced_tokens: int = DEFAULT_MIN_FORCED_TOKENS
+    """``auto`` mode: shortest forced run (in tokens) appended without verification."""
     host_tier_gib: float = 0.0
     """Host-memory tier size in GiB (with ``--kv-transfer-config`` naming
     ``RadixHostTierConnector``); 0 means twice the device KV pool."""
@@ -114,6 +119,11 @@ class RadixPluginConfig:
             problems.append(
                 f"{CONFIG_KEY}: jump_forward_mode must be one of "
                 f"{', '.join(JUMP_FORWARD_MODES)}, got {self.jump_forward_mode!r}"
+            )
+        if self.jump_forward_min_forced_tokens < 1:
+            problems.append(
+                f"{CONFIG_KEY}: jump_forward_min_forced_tokens must be >= 1, "
+                f"got {self.jump_forward_min_forced_tokens}"
             )
         if self.host_tier_gib < 0:
             problems.append(

@@ -243,9 +243,14 @@ def _grammar_finishes(request: Request, grammar: Any) -> bool:
 def one_hot_rows(token_ids: list[int], num_words: int) -> np.ndarray:
     """Bitmask rows (xgrammar layout: int32 words, bit set = allowed) each allowing one token."""
     rows = np.zeros((len(token_ids), num_words), dtype=np.uint32)
-    for i, token in enumerate(token_ids):
-        rows[i, token >> 5] = np.uint32(1) << np.uint32(token & 31)
+    _set_one_hot(rows, token_ids)
     return rows.view(np.int32)
+
+
+def _set_one_hot(rows: np.ndarray, token_ids: list[int]) -> None:
+    """Write one-hot rows for ``token_ids`` into zeroed uint32 ``rows`` (vectorized)."""
+    tokens = np.asarray(token_ids, dtype=np.uint32)
+    rows[np.arange(len(token_ids)), tokens >> 5] = np.left_shift(np.uint32(1), tokens & 31)
 
 
 def advance_through_drafts(
@@ -255,7 +260,9 @@ def advance_through_drafts(
 
     Returns the drafts of every request advanced (all of its drafts were grammatical); the
     caller must `rollback_drafts` them once the bitmask is built. Requests with padding or a
-    draft the grammar rejects are left alone (vLLM builds their rows as usual).
+    draft the grammar rejects are left alone (vLLM builds their rows as usual). The drafts
+    were validated against this very grammar state when they were offered, so they are
+    accepted directly (a failure is rolled back).
     """
     advanced: dict[str, list[int]] = {}
     for req_id, tokens in spec_tokens.items():
@@ -266,10 +273,15 @@ def advance_through_drafts(
         if structured is None or not structured.is_grammar_ready or -1 in tokens:
             continue
         grammar = structured.grammar
-        if grammar.is_terminated() or len(grammar.validate_tokens(tokens)) != len(tokens):
+        if grammar.is_terminated():
             continue
-        if grammar.accept_tokens(req_id, tokens):
+        before = grammar.num_processed_tokens
+        ok = grammar.accept_tokens(req_id, tokens)
+        moved = grammar.num_processed_tokens - before
+        if ok and moved == len(tokens):
             advanced[req_id] = tokens
+        elif moved:
+            grammar.rollback(moved)
     return advanced
 
 
@@ -290,18 +302,23 @@ def splice_forced_rows(
 
     `bitmask` was built by vLLM with the forced requests' drafts hidden (their grammars
     advanced past them), so each forced request has exactly one row there: the mask after its
-    drafts. Other requests keep their `1 + len(drafts)` rows.
+    drafts. Other requests keep their `1 + len(drafts)` rows. One output array, filled in
+    place (no per-request allocation).
     """
-    parts: list[np.ndarray] = []
-    row = 0
+    total = bitmask.shape[0] + sum(len(forced[rid]) for rid in request_ids if rid in forced)
+    out = np.empty((total, bitmask.shape[1]), dtype=bitmask.dtype)
+    row = dst = 0
     for req_id in request_ids:
         drafts = forced.get(req_id)
         if drafts is not None:
-            parts.append(one_hot_rows(drafts, bitmask.shape[1]))
-            parts.append(bitmask[row : row + 1])
-            row += 1
+            block = out[dst : dst + len(drafts)].view(np.uint32)
+            block.fill(0)
+            _set_one_hot(block, drafts)
+            dst += len(drafts)
+            n = 1
         else:
             n = 1 + len(other_spec_tokens.get(req_id, ()))
-            parts.append(bitmask[row : row + n])
-            row += n
-    return np.concatenate(parts) if parts else bitmask
+        out[dst : dst + n] = bitmask[row : row + n]
+        row += n
+        dst += n
+    return out

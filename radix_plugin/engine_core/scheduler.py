@@ -34,6 +34,7 @@ from radix_plugin.compat import (
 )
 from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
 from radix_plugin.core.hints import RequestHintsMap, request_session
+from radix_plugin.core.jump_forward_mode import JumpForwardModeError, force_run, request_mode
 from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.core.plugin_allowlist import GENERAL_PLUGIN, check_allowlist
 from radix_plugin.core.policies.session import SessionPolicy
@@ -95,7 +96,8 @@ class RadixSchedulerMixin(SchedulerSeam):
         self._radix_tracker = WorkflowTracker()
         self._radix_draft_engine = _uses_forced_drafts(vllm_config)
         self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
-        self._radix_forced_mode = self._radix_jump_forward and config.jump_forward_mode == "forced"
+        self._radix_modes: dict[str, str] = {}  # request id -> jump-forward mode
+        self._radix_forced_now: set[str] = set()  # requests whose drafts are forced runs
         self._radix_prefix_tokens: frozenset[int] | None = None
         tokenizer = getattr(self.structured_output_manager, "tokenizer", None)  # type: ignore[attr-defined]
         if self._radix_jump_forward and tokenizer is not None:
@@ -235,48 +237,72 @@ class RadixSchedulerMixin(SchedulerSeam):
         if self._radix_draft_engine:
             # With drafts on, vLLM refuses logits processors: grammars go scheduler-side.
             attach_xargs_grammar(request, manager)
+            self._radix_modes[request.request_id] = self._radix_request_mode(request)
         super().add_request(request)  # type: ignore[misc]
 
     # --- jump-forward --------------------------------------------------------------------
 
+    def _radix_request_mode(self, request: Any) -> str:
+        """The request's jump-forward mode (``radix_jump_forward``, else the engine's)."""
+        default = self.radix_config.jump_forward_mode
+        params = request.sampling_params
+        try:
+            return request_mode(params.extra_args if params is not None else None, default)
+        except JumpForwardModeError as exc:  # admission rejects it; never crash the core
+            logger.error("request %s: %s; using %s", request.request_id, exc, default)
+            return default
+
     def update_draft_token_ids(self, draft_token_ids: Any) -> None:
         """After each step, offer every grammar-forced continuation as draft tokens.
 
-        The model verifies them in one forward pass and the rejection sampler keeps what it
-        agrees with, so outputs are those of plain decoding with fewer steps.
+        A run the request's mode forces (see ``core.jump_forward_mode``) is offered whole and
+        marked, so ``get_grammar_bitmask`` makes it unrejectable; other runs are offered for
+        the model to verify (the rejection sampler keeps what it agrees with, so outputs are
+        those of plain decoding), capped by recent acceptance.
         """
         super().update_draft_token_ids(draft_token_ids)  # type: ignore[misc]
+        self._radix_forced_now = set()
         if not self._radix_jump_forward or not self._radix_drafts_safe():
             return
         manager = self.structured_output_manager  # type: ignore[attr-defined]
+        min_forced = self.radix_config.jump_forward_min_forced_tokens
         for req_id in draft_token_ids.req_ids:
             request = self.requests.get(req_id)  # type: ignore[attr-defined]
-            if request is None or request.is_finished() or request.is_prefill_chunk:
+            mode = self._radix_modes.get(req_id, "off")
+            if request is None or mode == "off":
+                continue
+            if request.is_finished() or request.is_prefill_chunk:
                 continue
             drafts = forced_draft_tokens(
                 request,
                 manager,
-                self._radix_draft_caps.cap(req_id),
+                self.num_spec_tokens,  # type: ignore[attr-defined]
                 prefix_tokens=self._radix_prefix_tokens,
                 tokenizer=self._radix_tokenizer,
             )
-            if drafts:
-                request.spec_token_ids = drafts
+            if not drafts:
+                continue
+            if force_run(mode, len(drafts), min_forced):
+                self._radix_forced_now.add(req_id)
+            else:
+                drafts = drafts[: self._radix_draft_caps.cap(req_id)]
+            request.spec_token_ids = drafts
 
     def get_grammar_bitmask(self, scheduler_output: Any) -> Any:
-        """In ``forced`` mode, each forced draft's row allows only that draft token.
+        """Each draft of a forced run gets a row allowing only that draft token.
 
         The model then cannot reject the grammar's forced text (SGLang's semantics: appended in
         canonical tokenization), and xgrammar fills one mask per request (the bonus token's)
         instead of one per draft position. vLLM builds every other row as usual.
         """
-        if not self._radix_forced_mode:
-            return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
         spec = scheduler_output.scheduled_spec_decode_tokens
-        if not spec:
+        if not spec or not self._radix_forced_now:
             return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
         requests = self.requests  # type: ignore[attr-defined]
-        forced = advance_through_drafts(requests, spec)
+        forced_now = self._radix_forced_now
+        forced = advance_through_drafts(
+            requests, {rid: t for rid, t in spec.items() if rid in forced_now}
+        )
         if not forced:
             return super().get_grammar_bitmask(scheduler_output)  # type: ignore[misc]
         others = {rid: t for rid, t in spec.items() if rid not in forced}
@@ -433,6 +459,7 @@ class RadixSchedulerMixin(SchedulerSeam):
         ``max_new_tokens: 0``) pins its computed prompt here, as it is freed before
         ``_radix_apply_pins`` runs."""
         self._radix_hints.drop(request.request_id)
+        self._radix_modes.pop(request.request_id, None)
         ttl = self._radix_pin_pending.pop(request.request_id, None)
         computed = request.num_computed_tokens >= request.num_prompt_tokens
         if ttl is not None and computed and self.radix_pool is not None:

@@ -61,6 +61,14 @@ def test_valid_settings_round_trip() -> None:
         ({"prefetch": "yes"}, r"prefetch must be bool, got str 'yes'"),
         ({"pin_share": 1.5}, r"pin_share must be between 0 and 0.9, got 1.5"),
         ({"jump_forward": "no"}, r"jump_forward must be bool, got str 'no'"),
+        (
+            {"jump_forward_mode": "fast"},
+            r"jump_forward_mode must be one of auto, forced, verify, got 'fast'",
+        ),
+        (
+            {"jump_forward_min_forced_tokens": 0},
+            r"jump_forward_min_forced_tokens must be >= 1, got 0",
+        ),
         ({"eviction_options": []}, r"eviction_options must be object, got list"),
     ],
 )
