@@ -33,11 +33,12 @@ from radix_plugin.compat import (
     radix_block_pool,
 )
 from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
-from radix_plugin.core.hints import RequestHintsMap
+from radix_plugin.core.hints import RequestHints, RequestHintsMap
 from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
+from radix_plugin.core.workflow.learner import StepOrderLearner
 from radix_plugin.core.workflow.tracker import WorkflowTracker
 from radix_plugin.engine_core.block_pool import RadixBlockPool
 from radix_plugin.engine_core.jump_forward_drafts import (
@@ -89,6 +90,7 @@ class RadixSchedulerMixin(SchedulerSeam):
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
         self._radix_tracker = WorkflowTracker()
+        self._radix_learner = StepOrderLearner()
         self._radix_draft_engine = _uses_forced_drafts(vllm_config)
         self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
         self._radix_forced_mode = self._radix_jump_forward and config.jump_forward_mode == "forced"
@@ -215,9 +217,8 @@ class RadixSchedulerMixin(SchedulerSeam):
             self._radix_pin_pending[request.request_id] = ttl
         if new and hints.unpin and self._radix_pins is not None:
             self._radix_unpin(request)
-        if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
-            self._radix_tracker.update(hints.workflow, hints.steps)
-            self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        if hints.workflow is not None and self._radix_workflow is not None:
+            self._radix_workflow_steps(hints, new)
         manager = self.structured_output_manager  # type: ignore[attr-defined]
         # vLLM's JSON-schema grammars allow raw control characters in strings; ours do not.
         make_vllm_json_strict(request, manager)
@@ -225,6 +226,20 @@ class RadixSchedulerMixin(SchedulerSeam):
             # With drafts on, vLLM refuses logits processors: grammars go scheduler-side.
             attach_xargs_grammar(request, manager)
         super().add_request(request)  # type: ignore[misc]
+
+    def _radix_workflow_steps(self, hints: RequestHints, new: bool) -> None:
+        """Feed a workflow request's steps-to-execution to the workflow policy (and so to the
+        host tier's prefetch): the ``radix_steps`` it sent, else the ones learned from the
+        order of its workflow's tagged requests."""
+        assert hints.workflow is not None and self._radix_workflow is not None
+        steps = hints.steps
+        if new and hints.agent is not None:
+            self._radix_learner.observe(hints.workflow, hints.agent)
+            if not steps:
+                steps = self._radix_learner.steps_to_execution(hints.workflow)
+        if steps:
+            self._radix_tracker.update(hints.workflow, steps)
+            self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
 
     # --- jump-forward --------------------------------------------------------------------
 
