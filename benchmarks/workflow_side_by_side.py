@@ -73,7 +73,7 @@ TAGS_ONLY_SUFFIX = "_tags"
 """Sides whose name contains this send workflow and agent tags without ``radix_steps``."""
 
 
-def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
+def make_engine(args: argparse.Namespace, extra: dict) -> Any:
     from vllm import LLM
     from vllm.config import KVTransferConfig
 
@@ -84,10 +84,11 @@ def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
         extra["kv_transfer_config"] = KVTransferConfig(**extra["kv_transfer_config"])
     return LLM(
         **cpu_llm_kwargs(
-            model,
-            max_model_len=MAX_MODEL_LEN,
+            args.model,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
             max_num_seqs=16,
-            num_kv_blocks=kv_blocks,
+            num_kv_blocks=args.kv_blocks,
             enable_prefix_caching=True,
             max_num_batched_tokens=2048,
             **extra,
@@ -171,9 +172,9 @@ def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> d
     """One engine, every concurrency level; called in a child process."""
     from radix_plugin.testing.engine import drain
 
-    llm = make_engine(args.model, args.kv_blocks, SIDES[side])
+    llm = make_engine(args, SIDES[side])
     vocab = llm.llm_engine.model_config.get_vocab_size()
-    prompts = agent_prompts(args.agents, vocab, _prompt_range(args.prompt_tokens))
+    prompts = agent_prompts(args.agents, vocab, _prompt_range(args))
     out = {}
     for conc in concurrencies:
         drain(llm)
@@ -223,12 +224,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _prompt_range(text: str) -> tuple[int, int]:
+def _prompt_range(args: argparse.Namespace) -> tuple[int, int]:
+    text, longest = args.prompt_tokens, args.max_model_len - 256
     low, high = (int(x) for x in text.split(","))
-    if not BLOCK <= low < high <= MAX_MODEL_LEN - 256:
-        raise SystemExit(
-            f"--prompt-tokens {text!r}: need {BLOCK} <= MIN < MAX <= {MAX_MODEL_LEN - 256}"
-        )
+    if not BLOCK <= low < high <= longest:
+        raise SystemExit(f"--prompt-tokens {text!r}: need {BLOCK} <= MIN < MAX <= {longest}")
     return low, high
 
 
@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sides", default=",".join(SIDES), help=f"from {', '.join(SIDES)}")
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
     ap.add_argument("--prompt-tokens", default="2048,4096", help="MIN,MAX agent prompt")
+    ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
+    ap.add_argument(
+        "--dtype", default="auto", help="model dtype (float32 on CPUs without native bf16)"
+    )
     ap.add_argument(
         "--name", default=None, help="result file name (default: workflow_side_by_side[_MODEL])"
     )
@@ -253,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_side(args.child, args, concurrencies)))
         return 0
-    _prompt_range(args.prompt_tokens)
-    min_blocks = MAX_MODEL_LEN // BLOCK + 1
+    _prompt_range(args)
+    min_blocks = args.max_model_len // BLOCK + 1
     if args.kv_blocks < min_blocks:
-        ap.error(f"--kv-blocks must be >= {min_blocks} (one {MAX_MODEL_LEN}-token request)")
+        ap.error(f"--kv-blocks must be >= {min_blocks} (one {args.max_model_len}-token request)")
     sides = args.sides.split(",")
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
@@ -302,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "agent_prompt_tokens": prompts_tokens,
             "workflows": args.workflows,
             "kv_pool_tokens": args.kv_blocks * BLOCK,
+            "max_model_len": args.max_model_len,
+            "dtype": args.dtype,
             "host_tier": "default size (twice the device pool)",
             "hints": "explicit Agent Step Graph (radix_steps); *_tags sides: radix_workflow "
             "and radix_agent only, step order learned by the scheduler",
