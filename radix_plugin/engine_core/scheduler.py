@@ -3,7 +3,9 @@
 Written against vLLM 0.32.0. It does not fork vLLM's scheduling logic: it builds vLLM's own
 scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``), reorders the waiting queue before
 each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
-another request is prefilling right now, and applies ``radix_pin`` / ``radix_unpin`` hints
+another request is prefilling right now, feeds workflow eviction the steps-to-execution a
+request sends (``radix_steps``) or, for tags alone, the ones learned from its workflow's request
+order (``core/workflow/learner.py``), and applies ``radix_pin`` / ``radix_unpin`` hints
 (pins expire after ``radix_pin_ttl`` or the ``pin_ttl_s`` setting; their size is in the
 scheduler stats, exported as ``radix_plugin:pinned_kv_blocks`` by the stat logger).
 
