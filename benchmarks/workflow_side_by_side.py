@@ -1,5 +1,6 @@
 """Agent workflows on a real engine: vanilla vLLM vs the plugin's LRU, workflow eviction,
-workflow eviction + host tier, and workflow eviction + host tier + prefetch, in one run.
+workflow eviction + host tier, and workflow eviction + host tier + prefetch, in one run;
+workflow eviction with an explicit Agent Step Graph and with tags alone (``_tags`` sides).
 
     python benchmarks/workflow_side_by_side.py [--model small|tiny|real]
         [--agents 6] [--workflows 6]
@@ -8,11 +9,12 @@ workflow eviction + host tier, and workflow eviction + host tier + prefetch, in 
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
 followed by a short step-specific context); the KV pool holds only part of the agents'
 prompts, so which prefixes survive between calls decides how much is recomputed. Requests of
-the plugin engines carry the Agent Step Graph hints (``radix_plugin.core.workflow``); vanilla vLLM
-ignores them. Reported: mean end-to-end workflow latency, hit ratio (device + host), ratios
-to vanilla. Each engine runs in its own child process (vLLM keeps the worker's KV connector
-in a process global, so two connector engines cannot share a process); the sides run one
-after another with the same prompts and the same engine settings.
+the plugin engines carry the Agent Step Graph hints (``radix_plugin.core.workflow``); those of
+the ``_tags`` sides carry only ``radix_workflow`` and ``radix_agent`` (the scheduler learns the
+step order); vanilla vLLM ignores them. Reported: mean end-to-end workflow latency, hit ratio
+(device + host), throughput, ratios to vanilla. Each engine runs in its own child process
+(vLLM keeps the worker's KV connector in a process global, so two connector engines cannot
+share a process); the sides run one after another with the same prompts and engine settings.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ SIDES = {
         "scheduler_cls": "radix_plugin.RadixScheduler",
         "additional_config": {"radix_plugin": {"eviction": "workflow"}},
     },
+    "plugin_workflow_tags": {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "additional_config": {"radix_plugin": {"eviction": "workflow"}},
+    },
     "plugin_workflow_host": {
         "scheduler_cls": "radix_plugin.RadixScheduler",
         "additional_config": {"radix_plugin": {"eviction": "workflow", "prefetch": False}},
@@ -57,10 +63,17 @@ SIDES = {
         "additional_config": {"radix_plugin": {"eviction": "workflow", "prefetch": True}},
         "kv_transfer_config": HOST_TIER,
     },
+    "plugin_workflow_tags_prefetch": {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "additional_config": {"radix_plugin": {"eviction": "workflow", "prefetch": True}},
+        "kv_transfer_config": HOST_TIER,
+    },
 }
+TAGS_ONLY_SUFFIX = "_tags"
+"""Sides whose name contains this send workflow and agent tags without ``radix_steps``."""
 
 
-def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
+def make_engine(args: argparse.Namespace, extra: dict) -> Any:
     from vllm import LLM
     from vllm.config import KVTransferConfig
 
@@ -71,10 +84,11 @@ def make_engine(model: str, kv_blocks: int, extra: dict) -> Any:
         extra["kv_transfer_config"] = KVTransferConfig(**extra["kv_transfer_config"])
     return LLM(
         **cpu_llm_kwargs(
-            model,
-            max_model_len=MAX_MODEL_LEN,
+            args.model,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
             max_num_seqs=16,
-            num_kv_blocks=kv_blocks,
+            num_kv_blocks=args.kv_blocks,
             enable_prefix_caching=True,
             max_num_batched_tokens=2048,
             **extra,
@@ -90,8 +104,11 @@ def agent_prompts(
     return [[rng.randrange(16, vocab) for _ in range(n)] for n in lengths]
 
 
-def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) -> dict[str, float]:
-    """Run ``workflows`` workflows, ``concurrency`` at a time; each calls every agent once."""
+def run(
+    llm: Any, prompts: list[list[int]], workflows: int, concurrency: int, tags_only: bool
+) -> dict[str, float]:
+    """Run ``workflows`` workflows, ``concurrency`` at a time; each calls every agent once.
+    ``tags_only``: requests name their workflow and agent but send no ``radix_steps``."""
     from vllm import SamplingParams
 
     from radix_plugin.core.workflow import AgentStepGraph
@@ -108,12 +125,10 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
 
     def submit(wf: int, step: int) -> None:
         context = [rng.randrange(16, 1000) for _ in range(128)]
-        params = SamplingParams(
-            temperature=0.0,
-            max_tokens=8,
-            ignore_eos=True,
-            extra_args=graph.hints(f"wf{wf}", step, agents[step]),
-        )
+        hints = graph.hints(f"wf{wf}", step, agents[step])
+        if tags_only:
+            del hints["radix_steps"]
+        params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, extra_args=hints)
         rid = f"wf{wf}-s{step}"
         engine.add_request(rid, {"prompt_token_ids": prompts[step] + context}, params)
         active[rid] = (wf, step)
@@ -140,8 +155,10 @@ def run(llm: Any, prompts: list[list[int]], workflows: int, concurrency: int) ->
             else:
                 latencies.append(time.perf_counter() - started[wf])
         start_more()
+    wall = time.perf_counter() - t0
     result: dict[str, Any] = {
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": wall,
+        "requests_per_s": workflows * len(prompts) / wall,
         "workflow_latency_mean_s": statistics.fmean(latencies),
         "hit_ratio": totals["hits"] / totals["prompt"],
     }
@@ -155,14 +172,15 @@ def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> d
     """One engine, every concurrency level; called in a child process."""
     from radix_plugin.testing.engine import drain
 
-    llm = make_engine(args.model, args.kv_blocks, SIDES[side])
+    llm = make_engine(args, SIDES[side])
     vocab = llm.llm_engine.model_config.get_vocab_size()
-    prompts = agent_prompts(args.agents, vocab, _prompt_range(args.prompt_tokens))
+    prompts = agent_prompts(args.agents, vocab, _prompt_range(args))
     out = {}
     for conc in concurrencies:
         drain(llm)
         assert llm.reset_prefix_cache()
-        out[str(conc)] = run(llm, prompts, max(args.workflows, conc), conc)
+        tags_only = TAGS_ONLY_SUFFIX in side
+        out[str(conc)] = run(llm, prompts, max(args.workflows, conc), conc, tags_only)
     return {"results": out, "agent_prompt_tokens": [len(p) for p in prompts]}
 
 
@@ -177,14 +195,14 @@ def run_in_child(side: str, argv: list[str]) -> dict[str, Any]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Speed-up over vanilla per engine, one group of bars per concurrency."""
+    """Per engine, one group of bars per concurrency: speed-up over vanilla and hit ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sides = list(rows[0]["results"])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, (speed_ax, hit_ax) = plt.subplots(1, 2, figsize=(12, 4))
     width = 0.8 / len(sides)
     for i, side in enumerate(sides):
         speedups = [
@@ -193,22 +211,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             for row in rows
         ]
         xs = [j + i * width for j in range(len(rows))]
-        ax.bar(xs, speedups, width, label=side)
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xticks([j + width * (len(sides) - 1) / 2 for j in range(len(rows))])
-    ax.set_xticklabels([f"{row['concurrency']} concurrent" for row in rows])
-    ax.set_ylabel("end-to-end workflow speed-up vs vanilla vLLM")
-    ax.legend(fontsize=8)
+        speed_ax.bar(xs, speedups, width, label=side)
+        hit_ax.bar(xs, [row["results"][side]["hit_ratio"] for row in rows], width, label=side)
+    speed_ax.axhline(1.0, color="grey", linewidth=0.8)
+    for ax in (speed_ax, hit_ax):
+        ax.set_xticks([j + width * (len(sides) - 1) / 2 for j in range(len(rows))])
+        ax.set_xticklabels([f"{row['concurrency']} concurrent" for row in rows])
+    speed_ax.set_ylabel("end-to-end workflow speed-up vs vanilla vLLM")
+    hit_ax.set_ylabel("prefix-cache hit ratio (device + host)")
+    speed_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def _prompt_range(text: str) -> tuple[int, int]:
+def _prompt_range(args: argparse.Namespace) -> tuple[int, int]:
+    text, longest = args.prompt_tokens, args.max_model_len - 256
     low, high = (int(x) for x in text.split(","))
-    if not BLOCK <= low < high <= MAX_MODEL_LEN - 256:
-        raise SystemExit(
-            f"--prompt-tokens {text!r}: need {BLOCK} <= MIN < MAX <= {MAX_MODEL_LEN - 256}"
-        )
+    if not BLOCK <= low < high <= longest:
+        raise SystemExit(f"--prompt-tokens {text!r}: need {BLOCK} <= MIN < MAX <= {longest}")
     return low, high
 
 
@@ -222,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sides", default=",".join(SIDES), help=f"from {', '.join(SIDES)}")
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
     ap.add_argument("--prompt-tokens", default="2048,4096", help="MIN,MAX agent prompt")
+    ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
+    ap.add_argument(
+        "--dtype", default="auto", help="model dtype (float32 on CPUs without native bf16)"
+    )
     ap.add_argument(
         "--name", default=None, help="result file name (default: workflow_side_by_side[_MODEL])"
     )
@@ -233,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_side(args.child, args, concurrencies)))
         return 0
-    _prompt_range(args.prompt_tokens)
-    min_blocks = MAX_MODEL_LEN // BLOCK + 1
+    _prompt_range(args)
+    min_blocks = args.max_model_len // BLOCK + 1
     if args.kv_blocks < min_blocks:
-        ap.error(f"--kv-blocks must be >= {min_blocks} (one {MAX_MODEL_LEN}-token request)")
+        ap.error(f"--kv-blocks must be >= {min_blocks} (one {args.max_model_len}-token request)")
     sides = args.sides.split(",")
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
@@ -256,19 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines = [
         "| concurrent workflows | engine | workflow latency s | hit ratio (device + host) "
-        "| host blocks loaded / prefetched | speed-up vs vanilla |",
-        "|---|---|---|---|---|---|",
+        "| host blocks loaded / prefetched | speed-up vs vanilla | requests/s "
+        "| throughput vs vanilla |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         results = row["results"]
         base_side = "vanilla" if "vanilla" in results else next(iter(results))
         base = results[base_side]["workflow_latency_mean_s"]
+        base_rps = results[base_side]["requests_per_s"]
         for side, r in results.items():
             host = r.get("host_tier")
             moved = f"{host['loaded_blocks']} / {host['prefetched_blocks']}" if host else "-"
             lines.append(
                 f"| {row['concurrency']} | {side} | {r['workflow_latency_mean_s']:.2f} | "
-                f"{r['hit_ratio']:.3f} | {moved} | {base / r['workflow_latency_mean_s']:.2f}x |"
+                f"{r['hit_ratio']:.3f} | {moved} | {base / r['workflow_latency_mean_s']:.2f}x | "
+                f"{r['requests_per_s']:.3f} | {r['requests_per_s'] / base_rps:.2f}x |"
             )
     table = "\n".join(lines)
     print(table)
@@ -279,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             "agent_prompt_tokens": prompts_tokens,
             "workflows": args.workflows,
             "kv_pool_tokens": args.kv_blocks * BLOCK,
+            "max_model_len": args.max_model_len,
+            "dtype": args.dtype,
             "host_tier": "default size (twice the device pool)",
+            "hints": "explicit Agent Step Graph (radix_steps); *_tags sides: radix_workflow "
+            "and radix_agent only, step order learned by the scheduler",
             "command": "python benchmarks/workflow_side_by_side.py " + " ".join(argv),
             "machine": machine(),
         }

@@ -101,14 +101,17 @@ def test_host_round_trip_returns_cold_tokens(llm: LLM) -> None:
     assert warm.outputs[0].token_ids == cold.outputs[0].token_ids
 
 
-def test_prefetch_never_loads_into_blocks_in_use(llm: LLM) -> None:
-    """An agent loop with step hints: every load, demand or prefetch, starts only into
+@pytest.mark.parametrize("hints", ["graph", "tags"])
+def test_prefetch_never_loads_into_blocks_in_use(llm: LLM, hints: str) -> None:
+    """An agent loop with step hints (an explicit graph, or only workflow and agent tags
+    whose order the scheduler learns): every load, demand or prefetch, starts only into
     blocks nobody else holds, prefetches happen, and every agent call gives its cold tokens."""
     _reset(llm)
     scheduler = _scheduler(llm)
     host = _host(llm)
     pool = scheduler.kv_cache_manager.block_pool
-    agents = ["planner", "coder", "critic"]
+    # Agents of their own: the scheduler learns step orders from every tagged request.
+    agents = [f"{hints}-{name}" for name in ("planner", "coder", "critic")]
     prompts = {name: _prompt(10 + i) for i, name in enumerate(agents)}
     graph = AgentStepGraph.from_steps(agents, loop=True)
     violations: list[str] = []
@@ -136,8 +139,10 @@ def test_prefetch_never_loads_into_blocks_in_use(llm: LLM) -> None:
         outputs = []
         for round_ in range(3):
             for step, name in enumerate(agents):
-                hints = graph.hints(f"wf{round_}", step, name)
-                outputs.append((name, _generate(llm, prompts[name], **hints)))
+                xargs = graph.hints(f"wf{round_}", step, name)
+                if hints == "tags":
+                    del xargs["radix_steps"]
+                outputs.append((name, _generate(llm, prompts[name], **xargs)))
     finally:
         del host._start_load
     assert not violations, violations

@@ -3,7 +3,9 @@
 Written against vLLM 0.32.0. It does not fork vLLM's scheduling logic: it builds vLLM's own
 scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``), reorders the waiting queue before
 each ``schedule()`` by the configured cache-aware policy, holds back requests whose new prefix
-another request is prefilling right now, and applies ``radix_pin`` / ``radix_unpin`` hints
+another request is prefilling right now, feeds workflow eviction the steps-to-execution a
+request sends (``radix_steps``) or, for tags alone, the ones learned from its workflow's request
+order (``core/workflow/learner.py``), and applies ``radix_pin`` / ``radix_unpin`` hints
 (pins expire after ``radix_pin_ttl`` or the ``pin_ttl_s`` setting; their size is in the
 scheduler stats, exported as ``radix_plugin:pinned_kv_blocks`` by the stat logger).
 
@@ -33,7 +35,7 @@ from radix_plugin.compat import (
     radix_block_pool,
 )
 from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
-from radix_plugin.core.hints import RequestHintsMap, request_session
+from radix_plugin.core.hints import RequestHints, RequestHintsMap, request_session
 from radix_plugin.core.jump_forward_mode import JumpForwardModeError, force_run, request_mode
 from radix_plugin.core.pin_stats import PinStats
 from radix_plugin.core.plugin_allowlist import GENERAL_PLUGIN, check_allowlist
@@ -41,6 +43,7 @@ from radix_plugin.core.policies.session import SessionPolicy
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
+from radix_plugin.core.workflow.learner import StepOrderLearner
 from radix_plugin.core.workflow.tracker import WorkflowTracker
 from radix_plugin.engine_core.block_pool import RadixBlockPool
 from radix_plugin.engine_core.jump_forward_drafts import (
@@ -94,6 +97,7 @@ class RadixSchedulerMixin(SchedulerSeam):
             usable = self.radix_pool.num_gpu_blocks - 1
             self.radix_pool.tree.max_pinned_blocks = int(usable * config.pin_share)
         self._radix_tracker = WorkflowTracker()
+        self._radix_learner = StepOrderLearner()
         self._radix_draft_engine = _uses_forced_drafts(vllm_config)
         self._radix_jump_forward = config.jump_forward and self._radix_draft_engine
         self._radix_modes: dict[str, str] = {}  # request id -> jump-forward mode
@@ -222,9 +226,8 @@ class RadixSchedulerMixin(SchedulerSeam):
             self._radix_pin_pending[request.request_id] = ttl
         if new and hints.unpin and self._radix_pins is not None:
             self._radix_unpin(request)
-        if hints.workflow is not None and hints.steps and self._radix_workflow is not None:
-            self._radix_tracker.update(hints.workflow, hints.steps)
-            self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
+        if hints.workflow is not None and self._radix_workflow is not None:
+            self._radix_workflow_steps(hints, new)
         if new and self._radix_sessions is not None:
             session = request_session(request, hints)
             pages = self.radix_pool.page_keys(request.block_hashes)  # type: ignore[union-attr]
@@ -239,6 +242,20 @@ class RadixSchedulerMixin(SchedulerSeam):
             attach_xargs_grammar(request, manager)
             self._radix_modes[request.request_id] = self._radix_request_mode(request)
         super().add_request(request)  # type: ignore[misc]
+
+    def _radix_workflow_steps(self, hints: RequestHints, new: bool) -> None:
+        """Feed a workflow request's steps-to-execution to the workflow policy (and so to the
+        host tier's prefetch): the ``radix_steps`` it sent, else the ones learned from the
+        order of its workflow's tagged requests."""
+        assert hints.workflow is not None and self._radix_workflow is not None
+        steps = hints.steps
+        if new and hints.agent is not None:
+            self._radix_learner.observe(hints.workflow, hints.agent)
+            if not steps:
+                steps = self._radix_learner.steps_to_execution(hints.workflow)
+        if steps:
+            self._radix_tracker.update(hints.workflow, steps)
+            self._radix_workflow.update_steps(self._radix_tracker.agent_steps())
 
     # --- jump-forward --------------------------------------------------------------------
 
