@@ -131,6 +131,18 @@ def program_kwargs(arguments: list[dict]) -> list[dict]:
     return [{k: v for k, v in a.items() if not k.startswith("_")} for a in arguments]
 
 
+def run_programs(workload: Any, program_args: list[dict], backend: Any) -> list[Any]:
+    """``run_batch`` with greedy sampling; an error in any program is raised, not skipped
+    (SGLang's executor only warns and leaves the program's variables unset)."""
+    states = workload.program.run_batch(
+        program_args, backend=backend, temperature=0, num_threads=workload.parallel
+    )
+    errors = [s.error() for s in states if s.error() is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(states)} programs failed: {errors[0]!r}")
+    return states
+
+
 def run_workload(backend: Any, base: str, workload: Any, arguments: list[dict]) -> dict:
     """One ``run_batch`` of ``workload`` from a flushed cache; its measurements."""
     from radix_plugin.testing.server import metric_totals
@@ -140,9 +152,7 @@ def run_workload(backend: Any, base: str, workload: Any, arguments: list[dict]) 
     before = metric_totals(base, METRICS)
     with timed_programs():
         start = time.perf_counter()
-        states = workload.program.run_batch(
-            program_args, backend=backend, temperature=0, num_threads=workload.parallel
-        )
+        states = run_programs(workload, program_args, backend)
         wall = time.perf_counter() - start
     after = metric_totals(base, METRICS)
     delta = {
@@ -186,9 +196,8 @@ def warm_up(backends: dict[str, Any], names: list[str], seed: int) -> None:
 
     for name in names:
         arguments = WORKLOADS[name].make_arguments(2, random.Random(seed + 1000))
-        program_args = program_kwargs(arguments)
         for backend in backends.values():
-            WORKLOADS[name].program.run_batch(program_args, backend=backend, temperature=0)
+            run_programs(WORKLOADS[name], program_kwargs(arguments), backend)
 
 
 def compare(args: argparse.Namespace, names: list[str]) -> list[dict]:
