@@ -111,6 +111,10 @@ FIELD_REGEX = {
     "population": r"[0-9]{1,8},",
     "landmarks": r"\[" + _STR + ", " + _STR + ", " + _STR + r"\]",
 }
+# Token budget per field: the longest match at one character per token, so no output is cut
+# by max_tokens and "valid" measures the constraint alone (a trained model uses far fewer).
+FIELD_MAX_TOKENS = {"latitude": 8, "population": 12, "landmarks": 136}
+STRING_FIELD_MAX_TOKENS = 44
 
 
 @sgl.function
@@ -120,7 +124,8 @@ def json_fields_regex(s, document):
     with s.var_scope("json"):
         s += "{\n"
         for field, regex in FIELD_REGEX.items():
-            s += f'  "{field}": ' + sgl.gen(field, max_tokens=32, regex=regex) + "\n"
+            budget = FIELD_MAX_TOKENS.get(field, STRING_FIELD_MAX_TOKENS)
+            s += f'  "{field}": ' + sgl.gen(field, max_tokens=budget, regex=regex) + "\n"
         s += "}"
 
 

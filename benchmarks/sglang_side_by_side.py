@@ -200,6 +200,16 @@ def warm_up(backends: dict[str, Any], names: list[str], seed: int) -> None:
             run_programs(WORKLOADS[name], program_kwargs(arguments), backend)
 
 
+def chat_template(base: str, args: argparse.Namespace) -> str:
+    """``--chat-template``, else the SGLang template name the endpoint detects for the model
+    (SGLang's frontend guesses from the model path, which names no family here)."""
+    import requests
+
+    if args.chat_template:
+        return args.chat_template
+    return requests.get(base + "/get_model_info", timeout=30).json()["chat_template_name"]
+
+
 def compare(args: argparse.Namespace, names: list[str]) -> list[dict]:
     import sglang as sgl
     from sglang_programs import WORKLOADS
@@ -207,7 +217,7 @@ def compare(args: argparse.Namespace, names: list[str]) -> list[dict]:
     rows = []
     with servers(args, Path(args.log_dir)) as bases:
         backends = {
-            side: sgl.RuntimeEndpoint(base, chat_template_name=args.chat_template)
+            side: sgl.RuntimeEndpoint(base, chat_template_name=chat_template(base, args))
             for side, base in bases.items()
         }
         warm_up(backends, names, args.seed)
@@ -330,6 +340,8 @@ def merged(path: Path, meta: dict, rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     from sglang_programs import WORKLOADS
 
+    from radix_plugin.testing.server import sglang_endpoint_env
+
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="real", choices=model_choices())
@@ -339,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-blocks", type=int, default=96, help="32-token blocks in each KV pool")
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chat-template", default="chatml", help="SGLang chat template name")
+    ap.add_argument("--chat-template", default=None, help="default: what /get_model_info says")
     ap.add_argument("--log-dir", default="/tmp/sglang_side_by_side")
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default=None, help="default: sglang_programs_MODEL_cpu")
@@ -363,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "max_num_seqs": args.max_num_seqs,
         "server_flags": {"common": common_flags(args.max_num_seqs), **SIDES},
+        "server_env": {k: sglang_endpoint_env()[k] for k in ("VLLM_PLUGINS", "OMP_NUM_THREADS")},
         "sglang": _version("sglang"),
         "machine": machine(),
         "command": "python benchmarks/sglang_side_by_side.py " + " ".join(argv),
