@@ -78,7 +78,7 @@ def classify_headline(s, examples, text):
     s += sgl.select("topic", choices=list(TOPICS))
 
 
-def _classify_args(n: int, rng: random.Random, banks: int = 4, shots: int = 24) -> list[dict]:
+def _classify_args(n: int, rng: random.Random, banks: int = 4, shots: int = 16) -> list[dict]:
     prefixes = []
     for b in range(banks):
         lines = [
@@ -364,9 +364,9 @@ WORKLOADS: dict[str, Workload] = {
         classify_headline,
         _classify_args,
         _classify_check,
-        programs=48,
-        parallel=16,
-        what="4 interleaved 24-shot prefixes, select among 4 topics (token-healed logprobs)",
+        programs=24,
+        parallel=8,
+        what="4 interleaved 16-shot prefixes, select among 4 topics (token-healed logprobs)",
     ),
     "json_regex": Workload(
         json_fields_regex,

@@ -190,14 +190,19 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def warm_up(backends: dict[str, Any], names: list[str], seed: int) -> None:
-    """Two programs of every workload on every server, with other arguments than the measured
-    ones (grammar compilation, first-request paths), so neither side pays it in the run."""
+    """One program of every workload on every server (the servers in parallel), with other
+    arguments than the measured ones: grammar compilation and first-request paths are not
+    paid inside the measured run."""
     from sglang_programs import WORKLOADS
 
-    for name in names:
-        arguments = WORKLOADS[name].make_arguments(2, random.Random(seed + 1000))
-        for backend in backends.values():
+    def one_server(backend: Any) -> None:
+        for name in names:
+            arguments = WORKLOADS[name].make_arguments(1, random.Random(seed + 1000))
             run_programs(WORKLOADS[name], program_kwargs(arguments), backend)
+
+    with ThreadPoolExecutor(len(backends)) as pool:
+        for done in [pool.submit(one_server, backend) for backend in backends.values()]:
+            done.result()
 
 
 def chat_template(base: str, args: argparse.Namespace) -> str:
