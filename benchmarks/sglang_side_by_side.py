@@ -215,11 +215,11 @@ def chat_template(base: str, args: argparse.Namespace) -> str:
     return requests.get(base + "/get_model_info", timeout=30).json()["chat_template_name"]
 
 
-def compare(args: argparse.Namespace, names: list[str]) -> list[dict]:
+def compare(args: argparse.Namespace, names: list[str]) -> Iterator[dict]:
+    """Yield each workload's row as soon as both sides have run it."""
     import sglang as sgl
     from sglang_programs import WORKLOADS
 
-    rows = []
     with servers(args, Path(args.log_dir)) as bases:
         backends = {
             side: sgl.RuntimeEndpoint(base, chat_template_name=chat_template(base, args))
@@ -231,18 +231,19 @@ def compare(args: argparse.Namespace, names: list[str]) -> list[dict]:
             arguments = workload.arguments(args.scale, args.seed)
             order = list(SIDES) if i % 2 == 0 else list(reversed(SIDES))
             results = {}
-            for side in order:
-                print(f"{name}: {side} ...", file=sys.stderr, flush=True)
-                results[side] = run_workload(backends[side], bases[side], workload, arguments)
-            rows.append(
-                {
-                    "workload": name,
-                    "what": workload.what,
-                    "parallel": workload.parallel,
-                    "results": {side: results[side] for side in SIDES},
-                }
-            )
-    return rows
+            try:
+                for side in order:
+                    print(f"{name}: {side} ...", file=sys.stderr, flush=True)
+                    results[side] = run_workload(backends[side], bases[side], workload, arguments)
+            except RuntimeError as exc:  # a failed program: report it, measure the rest
+                print(f"{name}: FAILED on {side}: {exc}", file=sys.stderr, flush=True)
+                continue
+            yield {
+                "workload": name,
+                "what": workload.what,
+                "parallel": workload.parallel,
+                "results": {side: results[side] for side in SIDES},
+            }
 
 
 def ratios(row: dict) -> dict[str, float]:
@@ -326,20 +327,17 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def merged(path: Path, meta: dict, rows: list[dict]) -> list[dict]:
-    """Rows of an earlier run at ``path`` (same settings) with this run's rows replacing
-    or extending them."""
+def merged(path: Path, meta: dict) -> list[dict]:
+    """Rows of an earlier run at ``path``, which must have used the same settings."""
     if not path.is_file():
-        return rows
+        return []
     old = json.loads(path.read_text())
     for key in ("model", "kv_blocks", "scale", "seed", "max_num_seqs", "server_flags"):
         if old["meta"].get(key) != meta.get(key):
             raise SystemExit(
                 f"--merge: {path} has {key}={old['meta'].get(key)!r}, this run {meta.get(key)!r}"
             )
-    new = {row["workload"]: row for row in rows}
-    kept = [row for row in old["rows"] if row["workload"] not in new]
-    return kept + rows
+    return old["rows"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     min_blocks = MAX_MODEL_LEN // 32 + 1
     if args.kv_blocks < min_blocks:
         ap.error(f"--kv-blocks must be >= {min_blocks} (one {MAX_MODEL_LEN}-token request)")
-    rows = compare(args, names)
     meta = {
         "model": args.model,
         "kv_blocks": args.kv_blocks,
@@ -386,20 +383,27 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/sglang_side_by_side.py " + " ".join(argv),
     }
     name = args.name or f"sglang_programs_{args.model}_cpu"
-    if args.out and args.merge:
-        rows = merged(Path(args.out) / f"{name}.json", meta, rows)
-    text = table(rows)
-    print(text)
-    if args.out:
-        write_results(
-            args.out,
-            name,
-            {"meta": meta, "rows": rows},
-            "# SGLang programs via sgl.RuntimeEndpoint: vanilla vLLM vs vLLM + radix-plugin\n\n"
-            f"{json.dumps(meta, indent=1)}\n\n{text}",
-        )
-        plot(rows, Path(args.out) / f"{name}.png")
+    out = Path(args.out) if args.out else None
+    earlier = merged(out / f"{name}.json", meta) if out and args.merge else []
+    rows: list[dict] = []
+    for row in compare(args, names):
+        rows.append(row)
+        if out:  # after every workload, so a cut-short run keeps what it measured
+            report(out, name, meta, [r for r in earlier if r["workload"] not in names] + rows)
+    print(table(rows))
     return 0
+
+
+def report(out: Path, name: str, meta: dict, rows: list[dict]) -> None:
+    text = table(rows)
+    write_results(
+        out,
+        name,
+        {"meta": meta, "rows": rows},
+        "# SGLang programs via sgl.RuntimeEndpoint: vanilla vLLM vs vLLM + radix-plugin\n\n"
+        f"{json.dumps(meta, indent=1)}\n\n{text}",
+    )
+    plot(rows, out / f"{name}.png")
 
 
 def _version(dist: str) -> str:
