@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import random
+import signal
 import statistics
 import sys
 import time
@@ -172,7 +173,7 @@ def run_workload(backend: Any, base: str, workload: Any, arguments: list[dict]) 
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p90_s": _quantile(latencies, 0.9),
         "hit_ratio": delta["prefix_cache_hits"] / max(delta["prefix_cache_queries"], 1),
-        "prefill_tokens_computed": delta["prefix_cache_queries"] - delta["prefix_cache_hits"],
+        "prefill_tokens_computed": int(delta["prefix_cache_queries"] - delta["prefix_cache_hits"]),
         **{k: int(v) for k, v in delta.items()},
         "example": states[0].text()[-300:],
     }
@@ -385,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"sglang_programs_{args.model}_cpu"
     out = Path(args.out) if args.out else None
     earlier = merged(out / f"{name}.json", meta) if out and args.merge else []
+    # `timeout` and bench-run limits send SIGTERM: exit through the finally blocks that stop
+    # the servers, instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows: list[dict] = []
     for row in compare(args, names):
         rows.append(row)
