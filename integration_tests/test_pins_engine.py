@@ -62,5 +62,12 @@ def test_idle_usage_is_the_pinned_blocks_until_expiry_and_unpin() -> None:
         llm.generate([PROMPTS[1]], _params(radix_unpin=True), use_tqdm=False)
         assert scheduler.radix_pin_stats().pinned_blocks == 0
         assert _used_blocks(scheduler) == 0
+
+        # A request that finishes in its prefill step (SGLang's max_new_tokens 0 runs as
+        # max_tokens 1) still pins: it is freed before the post-step pin pass.
+        one_step = SamplingParams(temperature=0.0, max_tokens=1, extra_args={"radix_pin": True})
+        llm.generate([PROMPTS[2]], one_step, use_tqdm=False)
+        assert scheduler.radix_pin_stats().pinned_prefixes == 1
+        assert _used_blocks(scheduler) == scheduler.radix_pin_stats().pinned_blocks >= 4
     finally:
         shutdown_llm(llm)

@@ -24,7 +24,7 @@ START_TIMEOUT_S = 400
 )
 def test_a_missing_entry_point_stops_the_server(allowlist: str, missing: str) -> None:
     flags = ["--scheduler-cls", "radix_plugin.RadixScheduler", "--max-num-seqs", "2"]
-    cmd = server_command(get_model_path("tiny"), free_port(), flags, kv_blocks=16)
+    cmd = server_command(get_model_path("tiny"), free_port(), flags, kv_blocks=64)
     env = dict(server_env(), VLLM_PLUGINS=allowlist)
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False

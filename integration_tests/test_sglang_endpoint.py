@@ -269,6 +269,8 @@ def test_prefill_only_request_caches_the_prefix_and_decodes_nothing(server: str)
     meta = first["meta_info"]
     assert meta["completion_tokens"] == 0 and meta["cached_tokens"] == 0
     assert meta["finish_reason"] == {"type": "length", "length": 0}
+    time.sleep(1)  # pin gauges arrive with the step's stats
+    assert _metric(server, "radix_plugin:pinned_prefixes") >= 1  # the short prefill pin
     second = _generate(
         server, {"text": prompt + " More.", "sampling_params": {"max_new_tokens": 2}}
     )

@@ -99,11 +99,20 @@ async def health_generate(request: Request) -> Response:
 
 
 @router.post("/generate")
-@with_cancellation
 async def generate(raw_request: Request) -> Response:
-    gen = _generator(raw_request)
     try:
         body = await _json_body(raw_request)
+    except ValueError as exc:
+        return _error(exc)
+    # The body is read first: with_cancellation then listens for the client going away
+    # (which aborts the engine requests) and would otherwise consume body chunks.
+    return await _generate(body, raw_request)
+
+
+@with_cancellation
+async def _generate(body: Any, raw_request: Request) -> Response:
+    gen = _generator(raw_request)
+    try:
         request = parse_generate(
             body,
             vocab_size=gen.vocab_size,

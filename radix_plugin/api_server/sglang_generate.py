@@ -113,7 +113,13 @@ class SglGenerator:
             yield out
 
     async def run(self, preps: list[Prepared]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self.run_one(p) for p in preps)))
+        """All sequences' final responses; one failing (or a client gone) aborts the rest."""
+        tasks = [asyncio.ensure_future(self.run_one(p)) for p in preps]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def sse(self, preps: list[Prepared], batched: bool) -> AsyncIterator[str]:
         """Server-sent events: cumulative text per sequence, then ``data: [DONE]``."""

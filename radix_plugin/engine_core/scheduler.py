@@ -355,17 +355,23 @@ class RadixSchedulerMixin(SchedulerSeam):
             request = self.requests[rid]  # type: ignore[attr-defined]
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
-            ttl = self._radix_pin_pending.pop(rid)
-            prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
-            n_blocks, node = pool.cached_prefix_node(prompt_hashes)
-            if n_blocks == 0:
-                continue
-            expires_at = self._radix_clock() + ttl if ttl > 0 else math.inf
-            try:
-                pins.pin(node, expires_at)
-            except PinBudgetExceeded as exc:
-                logger.warning("radix_pin for request %s ignored: %s", rid, exc)
-            self._radix_log_pins(f"request {rid} pinned {n_blocks} blocks")
+            self._radix_pin_prompt(request, self._radix_pin_pending.pop(rid))
+
+    def _radix_pin_prompt(self, request: Any, ttl: float) -> None:
+        """Pin ``request``'s cached prompt prefix (its prompt is computed)."""
+        pool, pins = self.radix_pool, self._radix_pins
+        assert pool is not None and pins is not None
+        rid = request.request_id
+        prompt_hashes = request.block_hashes[: request.num_prompt_tokens // self.block_size]  # type: ignore[attr-defined]
+        n_blocks, node = pool.cached_prefix_node(prompt_hashes)
+        if n_blocks == 0:
+            return
+        expires_at = self._radix_clock() + ttl if ttl > 0 else math.inf
+        try:
+            pins.pin(node, expires_at)
+        except PinBudgetExceeded as exc:
+            logger.warning("radix_pin for request %s ignored: %s", rid, exc)
+        self._radix_log_pins(f"request {rid} pinned {n_blocks} blocks")
 
     def _radix_unpin(self, request: Any) -> None:
         """``radix_unpin``: release every pin on a prefix of this request's prompt."""
@@ -414,9 +420,15 @@ class RadixSchedulerMixin(SchedulerSeam):
         return stats
 
     def on_request_freed(self, request: Any) -> None:
-        """Every finished request (done or aborted) drops its hints and pending pin."""
+        """Every finished request (done or aborted) drops its hints and pending pin; a
+        pinning request that finished in its prefill step (``max_tokens=1``, SGLang's
+        ``max_new_tokens: 0``) pins its computed prompt here, as it is freed before
+        ``_radix_apply_pins`` runs."""
         self._radix_hints.drop(request.request_id)
-        self._radix_pin_pending.pop(request.request_id, None)
+        ttl = self._radix_pin_pending.pop(request.request_id, None)
+        computed = request.num_computed_tokens >= request.num_prompt_tokens
+        if ttl is not None and computed and self.radix_pool is not None:
+            self._radix_pin_prompt(request, ttl)
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
