@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -153,3 +153,14 @@ def full_plugin_flags(max_num_seqs: int = 8, num_speculative_tokens: int = 8) ->
             }
         ),
     ]
+
+
+def metric_totals(base: str, names: Iterable[str]) -> dict[str, float]:
+    """Each named Prometheus series on ``base``/metrics, summed over its label sets."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
