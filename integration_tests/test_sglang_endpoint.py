@@ -215,9 +215,12 @@ def test_nested_fork_join_branches_hit_the_cache(backend: sgl.RuntimeEndpoint) -
     assert state["verdict"] is not None and state.text().startswith(CONTEXT)
     metas = state["metas"]
     assert len(metas) == 6  # 2 ideas + 4 details
-    # Each fork first caches the shared text (max_new_tokens=0); every branch and leaf then
-    # finds at least the full blocks of it cached.
-    for meta in metas:
+    # SGLang's frontend caches the shared text (max_new_tokens=0) before a fork only if its
+    # executor thread has already appended it: `fork` reads `text_` before it syncs, so the
+    # top-level fork right after `s += CONTEXT` sends no warm-up (seen in the request log) and
+    # the first branch computes the prefix itself, as it would on SGLang's own server. Every
+    # later branch and leaf finds at least the full blocks of the shared text cached.
+    for meta in metas[1:]:
         assert meta["cached_tokens"] >= BLOCK, meta
         assert meta["cached_tokens"] >= (meta["prompt_tokens"] - 40) // BLOCK * BLOCK - BLOCK
 
@@ -235,8 +238,11 @@ def test_fork_branches_report_cached_tokens(backend: sgl.RuntimeEndpoint) -> Non
 
     backend.flush_cache()
     state = fork_two.run(backend=backend)
-    for meta in state["metas"]:
-        assert meta["cached_tokens"] >= BLOCK, meta
+    # No warm-up precedes this top-level fork (see above) and both branches arrive together:
+    # the radix scheduler holds the second back while the first prefills the shared text
+    # (in-batch sharing), so the second hits it.
+    cached = sorted(meta["cached_tokens"] for meta in state["metas"])
+    assert cached[-1] >= BLOCK, state["metas"]
 
 
 def test_run_batch_shares_the_few_shot_prefix(backend: sgl.RuntimeEndpoint) -> None:
