@@ -18,7 +18,7 @@ from vllm.config import KVTransferConfig
 from vllm.v1.request import RequestStatus
 
 from radix_plugin.core.workflow import AgentStepGraph
-from radix_plugin.testing.engine import cpu_llm_kwargs, drain, shutdown_llm
+from radix_plugin.testing.engine import drain, running_llm
 
 BLOCK = 32
 NUM_BLOCKS = 80
@@ -32,25 +32,22 @@ HOST_TIER = KVTransferConfig(
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[LLM]:
-    engine = LLM(
-        **cpu_llm_kwargs(
-            "tiny",
-            # Float32: warm (host-loaded) and cold runs must pick the same greedy tokens in
-            # different batch shapes, and bf16 rounding (per CPU ISA) could flip a near-tie.
-            dtype="float32",
-            max_model_len=2048,
-            block_size=BLOCK,
-            num_kv_blocks=NUM_BLOCKS,
-            max_num_seqs=8,
-            enable_prefix_caching=True,
-            max_num_batched_tokens=1024,
-            scheduler_cls="radix_plugin.RadixScheduler",
-            additional_config={"radix_plugin": {"eviction": "workflow", "load_ahead_steps": 2}},
-            kv_transfer_config=HOST_TIER,
-        )
-    )
-    yield engine
-    shutdown_llm(engine)
+    with running_llm(
+        "tiny",
+        # Float32: warm (host-loaded) and cold runs must pick the same greedy tokens in
+        # different batch shapes, and bf16 rounding (per CPU ISA) could flip a near-tie.
+        dtype="float32",
+        max_model_len=2048,
+        block_size=BLOCK,
+        num_kv_blocks=NUM_BLOCKS,
+        max_num_seqs=8,
+        enable_prefix_caching=True,
+        max_num_batched_tokens=1024,
+        scheduler_cls="radix_plugin.RadixScheduler",
+        additional_config={"radix_plugin": {"eviction": "workflow", "load_ahead_steps": 2}},
+        kv_transfer_config=HOST_TIER,
+    ) as engine:
+        yield engine
 
 
 def _scheduler(llm: LLM) -> Any:

@@ -224,20 +224,29 @@ def _vllm_cases() -> list[tuple[StructuredOutputsParams, Any]]:
     return cases
 
 
+def _grammar_requests(source: str, batch: int) -> list[tuple[SamplingParams, Any]]:
+    """``batch`` greedy requests cycling through every grammar kind of ``source`` (vLLM's
+    ``structured_outputs`` or the plugin's ``radix_*`` xargs), each with its output check."""
+    if source == "structured_outputs":
+        cases = [({"structured_outputs": so}, check) for so, check in _vllm_cases()]
+    else:
+        cases = [({"extra_args": x}, check) for x, check in _xargs_cases()]
+    picks = [cases[i % len(cases)] for i in range(batch)]
+    return [(SamplingParams(temperature=0.0, max_tokens=160, **kw), check) for kw, check in picks]
+
+
+@pytest.mark.parametrize("source", ["structured_outputs", "radix_xargs"])
 @pytest.mark.parametrize("on", [True, "forced", "flag"], ids=["verify", "forced", "auto"])
 @pytest.mark.parametrize("batch", [1, 32])
-def test_every_vllm_structured_output_kind_stays_valid_with_jump_forward(
-    engines: dict[Any, Any], batch: int, on: Any
+def test_every_grammar_kind_stays_valid_with_jump_forward(
+    engines: dict[Any, Any], batch: int, on: Any, source: str
 ) -> None:
-    cases = _vllm_cases()
-    picks = [cases[i % len(cases)] for i in range(batch)]
-    params = [
-        SamplingParams(temperature=0.0, max_tokens=160, structured_outputs=so) for so, _ in picks
-    ]
+    requests = _grammar_requests(source, batch)
+    params = [p for p, _ in requests]
     prompts = [f"Item {i}:" for i in range(batch)]
     got = engines[on].generate(prompts, params, use_tqdm=False)
     off = engines[False].generate(prompts, params, use_tqdm=False)
-    for (_, check), a, b in zip(picks, got, off, strict=True):
+    for (_, check), a, b in zip(requests, got, off, strict=True):
         assert a.outputs[0].finish_reason == "stop"
         assert check(a.outputs[0].text)
         if on is True:
@@ -261,24 +270,6 @@ def test_a_request_can_choose_its_jump_forward_mode(engines: dict[Any, Any]) -> 
     assert tokens_verify == tokens_plain == tokens_off
     assert steps_verify < 0.75 * steps_plain
     assert steps_off >= max(len(t) for t in tokens_off)
-
-
-@pytest.mark.parametrize("on", [True, "forced", "flag"], ids=["verify", "forced", "auto"])
-@pytest.mark.parametrize("batch", [1, 32])
-def test_every_grammar_kind_stays_valid_with_jump_forward(
-    engines: dict[Any, Any], batch: int, on: Any
-) -> None:
-    cases = _xargs_cases()
-    picks = [cases[i % len(cases)] for i in range(batch)]
-    params = [SamplingParams(temperature=0.0, max_tokens=160, extra_args=x) for x, _ in picks]
-    prompts = [f"Item {i}:" for i in range(batch)]
-    got = engines[on].generate(prompts, params, use_tqdm=False)
-    off = engines[False].generate(prompts, params, use_tqdm=False)
-    for (_, check), a, b in zip(picks, got, off, strict=True):
-        assert a.outputs[0].finish_reason == "stop"
-        assert check(a.outputs[0].text)
-        if on is True:
-            assert a.outputs[0].token_ids == b.outputs[0].token_ids
 
 
 def test_scheduler_flag_alone_turns_jump_forward_on(engines: dict[Any, Any]) -> None:

@@ -20,7 +20,7 @@ from vllm import LLM, SamplingParams
 from vllm.config import KVEventsConfig, KVTransferConfig
 
 from radix_plugin.core.workflow import AgentStepGraph
-from radix_plugin.testing.engine import cpu_llm_kwargs, drain, shutdown_llm
+from radix_plugin.testing.engine import drain, running_llm
 from radix_plugin.testing.kv_events import (
     KVEventIndex,
     KVEventSubscriber,
@@ -45,38 +45,35 @@ HOST_TIER = KVTransferConfig(
 @pytest.fixture(scope="module")
 def engine() -> Iterator[tuple[LLM, KVEventSubscriber]]:
     port, replay = free_port(), free_port()
-    llm = LLM(
-        **cpu_llm_kwargs(
-            "tiny",
-            block_size=BLOCK,
-            num_kv_blocks=NUM_BLOCKS,
-            max_num_seqs=8,
-            enable_prefix_caching=True,
-            max_num_batched_tokens=1024,
-            scheduler_cls="radix_plugin.RadixScheduler",
-            additional_config={
-                "radix_plugin": {
-                    "eviction": "workflow",
-                    "load_ahead_steps": 2,
-                    "host_tier_gib": HOST_TIER_GIB,
-                }
-            },
-            kv_transfer_config=HOST_TIER,
-            kv_events_config=KVEventsConfig(
-                enable_kv_cache_events=True,
-                publisher="zmq",
-                endpoint=f"tcp://*:{port}",
-                replay_endpoint=f"tcp://*:{replay}",
-                topic=TOPIC,
-            ),
+    with running_llm(
+        "tiny",
+        block_size=BLOCK,
+        num_kv_blocks=NUM_BLOCKS,
+        max_num_seqs=8,
+        enable_prefix_caching=True,
+        max_num_batched_tokens=1024,
+        scheduler_cls="radix_plugin.RadixScheduler",
+        additional_config={
+            "radix_plugin": {
+                "eviction": "workflow",
+                "load_ahead_steps": 2,
+                "host_tier_gib": HOST_TIER_GIB,
+            }
+        },
+        kv_transfer_config=HOST_TIER,
+        kv_events_config=KVEventsConfig(
+            enable_kv_cache_events=True,
+            publisher="zmq",
+            endpoint=f"tcp://*:{port}",
+            replay_endpoint=f"tcp://*:{replay}",
+            topic=TOPIC,
+        ),
+    ) as llm:
+        subscriber = KVEventSubscriber(
+            f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}", topic=TOPIC
         )
-    )
-    subscriber = KVEventSubscriber(
-        f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}", topic=TOPIC
-    )
-    yield llm, subscriber
-    subscriber.close()
-    shutdown_llm(llm)
+        yield llm, subscriber
+        subscriber.close()
 
 
 def _scheduler(llm: LLM) -> Any:

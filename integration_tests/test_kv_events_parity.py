@@ -13,11 +13,11 @@ import random
 from typing import Any
 
 import pytest
-from vllm import LLM, SamplingParams
+from vllm import SamplingParams
 from vllm.config import KVEventsConfig
 from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 
-from radix_plugin.testing.engine import cpu_llm_kwargs, drain, shutdown_llm
+from radix_plugin.testing.engine import drain, running_llm
 from radix_plugin.testing.kv_events import KVEventIndex, KVEventSubscriber
 from radix_plugin.testing.server import free_port
 
@@ -40,36 +40,33 @@ def _traffic() -> list[tuple[list[int], int]]:
 def _events(scheduler_cls: str | None) -> list[Any]:
     port, replay = free_port(), free_port()
     overrides: dict[str, Any] = {} if scheduler_cls is None else {"scheduler_cls": scheduler_cls}
-    llm = LLM(
-        **cpu_llm_kwargs(
-            "tiny",
-            dtype="float32",
-            block_size=BLOCK,
-            max_num_seqs=4,
-            enable_prefix_caching=True,
-            kv_events_config=KVEventsConfig(
-                enable_kv_cache_events=True,
-                publisher="zmq",
-                endpoint=f"tcp://*:{port}",
-                replay_endpoint=f"tcp://*:{replay}",
-            ),
-            **overrides,
-        )
-    )
-    subscriber = KVEventSubscriber(f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}")
-    try:
-        params = SamplingParams(temperature=0.0, ignore_eos=True)
-        for prompt, max_tokens in _traffic():
-            params.max_tokens = max_tokens
-            llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)
-        assert llm.reset_prefix_cache()
-        params.max_tokens = 1
-        llm.generate({"prompt_token_ids": [5] * 5}, params, use_tqdm=False)  # publishes it
-        drain(llm)
-        return [event for batch in subscriber.batches() for event in batch.events]
-    finally:
-        subscriber.close()
-        shutdown_llm(llm)
+    with running_llm(
+        "tiny",
+        dtype="float32",
+        block_size=BLOCK,
+        max_num_seqs=4,
+        enable_prefix_caching=True,
+        kv_events_config=KVEventsConfig(
+            enable_kv_cache_events=True,
+            publisher="zmq",
+            endpoint=f"tcp://*:{port}",
+            replay_endpoint=f"tcp://*:{replay}",
+        ),
+        **overrides,
+    ) as llm:
+        subscriber = KVEventSubscriber(f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}")
+        try:
+            params = SamplingParams(temperature=0.0, ignore_eos=True)
+            for prompt, max_tokens in _traffic():
+                params.max_tokens = max_tokens
+                llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)
+            assert llm.reset_prefix_cache()
+            params.max_tokens = 1
+            llm.generate({"prompt_token_ids": [5] * 5}, params, use_tqdm=False)  # publishes it
+            drain(llm)
+            return [event for batch in subscriber.batches() for event in batch.events]
+        finally:
+            subscriber.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from vllm import LLM, SamplingParams
 
-from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
+from radix_plugin.testing.engine import cpu_llm_kwargs, running_llm
 
 BLOCK = 32
 NUM_BLOCKS = 80  # 2,560 tokens of KV: a few long requests fill it
@@ -37,22 +37,16 @@ PLUGIN = {
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def _engine(**extra: Any) -> LLM:
-    return LLM(**cpu_llm_kwargs("tiny", **ENGINE_ARGS, **extra))
-
-
 @pytest.fixture(scope="module")
 def vanilla() -> Iterator[LLM]:
-    llm = _engine()
-    yield llm
-    shutdown_llm(llm)
+    with running_llm("tiny", **ENGINE_ARGS) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def radix() -> Iterator[LLM]:
-    llm = _engine(**PLUGIN)
-    yield llm
-    shutdown_llm(llm)
+    with running_llm("tiny", **ENGINE_ARGS, **PLUGIN) as llm:
+        yield llm
 
 
 def _scheduler(llm: LLM) -> Any:
@@ -224,7 +218,11 @@ def test_bad_config_fails_at_start_with_clear_message(section: dict, message: st
     from radix_plugin.core.config import RadixConfigError
 
     with pytest.raises(RadixConfigError, match=message):
-        _engine(
-            scheduler_cls="radix_plugin.RadixScheduler",
-            additional_config={"radix_plugin": section},
+        LLM(
+            **cpu_llm_kwargs(
+                "tiny",
+                **ENGINE_ARGS,
+                scheduler_cls="radix_plugin.RadixScheduler",
+                additional_config={"radix_plugin": section},
+            )
         )

@@ -16,7 +16,7 @@ import pytest
 from vllm import LLM, SamplingParams
 
 from radix_plugin.core.workflow import AgentStepGraph
-from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
+from radix_plugin.testing.engine import running_llm
 
 BLOCK = 32
 NUM_BLOCKS = 56  # 55 usable: about four agents' prompts with their per-step context
@@ -41,22 +41,16 @@ PLUGIN = {
 }
 
 
-def _engine(**extra: Any) -> LLM:
-    return LLM(**cpu_llm_kwargs("tiny", **ENGINE_ARGS, **extra))
-
-
 @pytest.fixture(scope="module")
 def vanilla() -> Iterator[LLM]:
-    llm = _engine()
-    yield llm
-    shutdown_llm(llm)
+    with running_llm("tiny", **ENGINE_ARGS) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def plugin() -> Iterator[LLM]:
-    llm = _engine(**PLUGIN)
-    yield llm
-    shutdown_llm(llm)
+    with running_llm("tiny", **ENGINE_ARGS, **PLUGIN) as llm:
+        yield llm
 
 
 def _policy(llm: LLM) -> Any:

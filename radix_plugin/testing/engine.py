@@ -11,7 +11,9 @@ config, so `cpu_llm_kwargs` also sets those variables: call it right before `LLM
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,19 @@ def shutdown_llm(llm: Any) -> None:
     llm.llm_engine.engine_core.shutdown()
     ensure_kv_transfer_shutdown()  # the worker's KV connector is a process global
     cleanup_dist_env_and_memory()
+
+
+@contextlib.contextmanager
+def running_llm(model: str | Path = "tiny", **kwargs: Any) -> Iterator[Any]:
+    """A `vllm.LLM` built with `cpu_llm_kwargs(model, **kwargs)`, shut down on exit: the body
+    of every module-scoped engine fixture."""
+    from vllm import LLM
+
+    llm = LLM(**cpu_llm_kwargs(model, **kwargs))
+    try:
+        yield llm
+    finally:
+        shutdown_llm(llm)
 
 
 def drain(llm: Any) -> None:
