@@ -30,8 +30,10 @@ test: setup
 	$(PY) -m ruff format --check .
 	# Two processes: unit tests run Triton kernels through the interpreter (tests/conftest.py
 	# sets TRITON_INTERPRET=1 before anything imports Triton); engine tests run without it.
-	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q integration_tests
+	# `-n 2 --dist loadfile`: both cores, every module on one worker (so each keeps one engine);
+	# in-process engines use one thread each. `--durations` names the slowest tests in CI logs.
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 integration_tests
 
 bench: setup
 	$(PY) -m pytest -q benchmarks/micro --benchmark-only

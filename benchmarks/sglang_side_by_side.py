@@ -398,14 +398,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def workload_table(rows: list[dict], scale: float) -> str:
+    """What each measured workload does and how many programs it ran (``run_batch``)."""
+    from sglang_programs import WORKLOADS
+
+    lines = ["| workload | programs | in parallel | what |", "|---|---|---|---|"]
+    for row in rows:
+        w = WORKLOADS[row["workload"]]
+        programs = max(2, round(w.programs * scale))
+        lines.append(f"| {row['workload']} | {programs} | {w.parallel} | {w.what} |")
+    return "\n".join(lines)
+
+
 def report(out: Path, name: str, meta: dict, rows: list[dict]) -> None:
-    text = table(rows)
     write_results(
         out,
         name,
         {"meta": meta, "rows": rows},
         "# SGLang programs via sgl.RuntimeEndpoint: vanilla vLLM vs vLLM + radix-plugin\n\n"
-        f"{json.dumps(meta, indent=1)}\n\n{text}",
+        f"Model `{meta['model']}` on {meta['machine']}; SGLang {meta['sglang']} frontend; "
+        f"{meta['kv_pool_tokens']}-token KV pool per server. Each workload ran on both servers "
+        "in one invocation (order alternating), from a flushed cache.\n\n"
+        f"{workload_table(rows, meta['scale'])}\n\n{table(rows)}\n\n"
+        f"```json\n{json.dumps(meta, indent=1)}\n```",
     )
     plot(rows, out / f"{name}.png")
 
