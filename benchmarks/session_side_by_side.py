@@ -153,8 +153,7 @@ def make_engine(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
 def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     base = results.get("vanilla") or next(iter(results.values()))
     lines = [
-        "# Multi-turn chat under KV pressure: vanilla vLLM vs session-aware eviction "
-        "(real engine)",
+        "# Multi-turn chat under KV pressure: vanilla vLLM vs session-aware eviction (real engine)",
         "",
         f"Model `{meta['model']}` ({meta['dtype']}), {meta['machine']}. Reproduce: "
         f"`{meta['command']}`.",

@@ -82,8 +82,7 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
         session_end = parse_flag(extra_args[XARG_SESSION_END])
         if session_end is None:
             raise HintError(
-                f"{XARG_SESSION_END} must be a boolean, "
-                f"got {_short(extra_args[XARG_SESSION_END])}"
+                f"{XARG_SESSION_END} must be a boolean, got {_short(extra_args[XARG_SESSION_END])}"
             )
     session = extra_args.get(XARG_SESSION_ID)
     if not isinstance(session, str) or not 0 < len(session) <= MAX_NAME_CHARS:

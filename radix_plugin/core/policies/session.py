@@ -12,11 +12,15 @@ its space by hits per unit of time it occupies).
   continues that request's conversation. The earlier prompts are remembered past their
   eviction (ghost entries), so continuations are observed even for tails the cache dropped.
 * What is learned online, in units of arriving requests: the distribution of gaps between a
-  session's turns, and per turn index the share of turns that get a next turn (a turn whose
-  session stays silent longer than almost every gap seen counts as the last).
-* A client that knows more says so: ``radix_session_end`` marks the last turn, whose tail
-  then goes first. A hinted last turn is not counted as a silent one, so hints also make
-  the unhinted turns look (correctly) more alive.
+  session's turns, per pace (the octave of the session's previous gap: a user keeps a
+  pace, so a quick conversation's tail is due soon and one silent far past its pace is
+  likely over), and per turn index the share of turns that get a next turn (a turn whose
+  session stays silent longer than most gaps seen counts as the last until it comes back).
+* A client that knows more says so: ``radix_session_end`` true marks the last turn, whose
+  tail then goes first; false says a next turn follows, so the tail is alive for sure and
+  ranks by its expected wait alone. Only sessions whose client says nothing teach the share
+  of turns that get a next turn, so hints also make the unhinted turns look (correctly)
+  more alive.
 * Tails of ended or stale sessions, branches a session moved away from and blocks of a kind
   that is never reused (learned per origin, as ``adaptive`` does) have density zero: they are
   evicted first, least recently used first. Prefixes several sessions share are ranked by
