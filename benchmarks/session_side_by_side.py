@@ -34,6 +34,7 @@ from radix_plugin.simulator.trace import TraceRequest
 BLOCK = 32
 FIRST_ID = 16  # stay clear of special tokens
 PLUGIN = "radix_plugin.RadixScheduler"
+MODEL_NAMES = {"real": " (SmolLM2-135M-Instruct)"}
 SIDES: dict[str, dict[str, Any]] = {
     "vanilla": {"engine": {}, "end_hints": False, "simulated": "vllm"},
     "plugin_lru": {
@@ -155,7 +156,8 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Multi-turn chat under KV pressure: vanilla vLLM vs session-aware eviction (real engine)",
         "",
-        f"Model `{meta['model']}` ({meta['dtype']}), {meta['machine']}. Reproduce: "
+        f"Model `{meta['model']}`{MODEL_NAMES.get(meta['model'], '')} ({meta['dtype']}), "
+        f"{meta['machine']}. Reproduce: "
         f"`{meta['command']}`.",
         "",
         f"{meta['requests']} requests of the simulator's `chat_sessions` trace scaled to a CPU "
