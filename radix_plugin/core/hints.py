@@ -51,8 +51,9 @@ class RequestHints:
     unpin: bool = False
     pin_ttl_s: float | None = None
     """Seconds the pin lasts; ``None``: the ``pin_ttl_s`` setting decides."""
-    session_end: bool = False
-    """``radix_session_end``: this is the conversation's last turn (its tail can go)."""
+    session_end: bool | None = None
+    """``radix_session_end``: true, this is the conversation's last turn (its tail can go);
+    false, a next turn follows (keep it); ``None``, the client does not say."""
     session: str | None = None
     """A ``session_id`` given in ``vllm_xargs`` (the engine prefers the request's own)."""
 
@@ -76,11 +77,13 @@ def parse_hints(extra_args: Mapping[str, Any] | None) -> RequestHints:
         except WorkflowHintError as exc:
             raise HintError(str(exc)) from None
     unpin, pin_ttl_s = _unpin_and_ttl(extra_args, pin)
-    session_end = parse_flag(extra_args.get(XARG_SESSION_END, False))
-    if session_end is None:
-        raise HintError(
-            f"{XARG_SESSION_END} must be a boolean, got {_short(extra_args[XARG_SESSION_END])}"
-        )
+    session_end = None
+    if XARG_SESSION_END in extra_args:
+        session_end = parse_flag(extra_args[XARG_SESSION_END])
+        if session_end is None:
+            raise HintError(
+                f"{XARG_SESSION_END} must be a boolean, got {_short(extra_args[XARG_SESSION_END])}"
+            )
     session = extra_args.get(XARG_SESSION_ID)
     if not isinstance(session, str) or not 0 < len(session) <= MAX_NAME_CHARS:
         session = None  # vLLM's field, not ours to refuse: what it ignores, we ignore

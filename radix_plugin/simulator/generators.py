@@ -11,6 +11,7 @@ import heapq
 import itertools
 import math
 import random
+import statistics
 from collections.abc import Callable
 
 from radix_plugin.simulator.trace import TraceRequest
@@ -74,12 +75,21 @@ def multi_turn_chat(
     return out
 
 
+CONTINUE_BY_TURN = (0.41, 0.36, 0.44, 0.52, 0.61, 0.64, 0.68, 0.75, 0.80)
+"""P(a next turn | k turns so far) on the Mooncake conversation trace (sessions derived from
+its hash-id chains): short chats mostly stop, long ones mostly go on."""
+PACE_CORRELATION = 0.36
+"""Correlation of consecutive log inter-turn gaps within a session on the same trace: a
+user (or a client program) keeps its pace."""
+
+
 def chat_sessions(
     *,
-    conversations: int = 2000,
-    continue_share: float = 0.45,
+    conversations: int = 6000,
+    continue_by_turn: tuple[float, ...] = CONTINUE_BY_TURN,
     max_turns: int = 12,
     gap_requests: tuple[int, int] = (100, 2000),
+    pace_correlation: float = PACE_CORRELATION,
     system_blocks: int = 2,
     num_system_prompts: int = 4,
     user_tokens: tuple[int, int] = (300, 1500),
@@ -88,28 +98,41 @@ def chat_sessions(
     seed: int = 0,
 ) -> list[TraceRequest]:
     """Chat traffic as served traces show it: most conversations stop after one or two turns
-    (each turn continues with ``continue_share``), and a next turn arrives 100-2,000
-    requests later (log-uniform), far past what LRU keeps under pressure.
+    (turn ``k`` gets a next one with ``continue_by_turn[k]``), and a next turn arrives
+    100-2,000 requests later (log-uniform), far past what LRU keeps under pressure.
 
-    Time is counted in request slots, so gaps are in requests; ``extra["session"]`` names the
+    Each conversation keeps a pace: its gaps' log-uniform quantiles are correlated by
+    ``pace_correlation`` (a Gaussian copula, so every gap is still log-uniform). Time is
+    counted in request slots, so gaps are in requests; ``extra["session"]`` names the
     conversation and ``extra["last"]`` marks its final turn.
     """
+    if not 0.0 <= pace_correlation <= 1.0:
+        raise ValueError(f"pace_correlation must be in [0, 1], got {pace_correlation}")
     rng, ids, bs = random.Random(seed), _Ids(), block_size
     systems = [ids.fresh(system_blocks) for _ in range(num_system_prompts)]
     turns = []
     for _ in range(conversations):
         n = 1
-        while n < max_turns and rng.random() < continue_share:
+        while n < max_turns and rng.random() < continue_by_turn[min(n, len(continue_by_turn)) - 1]:
             n += 1
         turns.append(n)
-    span = float(sum(turns))
+    # Conversations start at a constant rate from ``lead`` before the window, so the window
+    # sees a steady state (one request per time unit, some conversations already under way)
+    # instead of a ramp up and down that would distort gaps counted in requests.
+    lead = 2.0 * gap_requests[1]
+    start, end = -lead, float(sum(turns)) - lead
     lo, hi = (math.log(g) for g in gap_requests)
+    normal = statistics.NormalDist()
+    own, fresh = math.sqrt(pace_correlation), math.sqrt(1.0 - pace_correlation)
     events: list[tuple[float, int, int]] = []
     for c, n in enumerate(turns):
-        t = rng.uniform(0, span)
+        t = rng.uniform(start, end)
+        pace = rng.gauss(0.0, 1.0)
         for turn in range(n):
-            events.append((t, c, turn))
-            t += math.exp(rng.uniform(lo, hi))
+            if 0.0 <= t < end:
+                events.append((t, c, turn))
+            u = normal.cdf(own * pace + fresh * rng.gauss(0.0, 1.0))
+            t += math.exp(lo + (hi - lo) * u)
     events.sort()
     history: dict[int, list[int]] = {}
     out: list[TraceRequest] = []

@@ -206,7 +206,7 @@ def session_hints(
             index,
             h.session if h is not None else None,
             request_pages(index, req, bs)[0],
-            session_end=h.session_end if h is not None else False,
+            session_end=h.session_end if h is not None else None,
         )
 
     def on_admit(index: int, req: TraceRequest) -> None:

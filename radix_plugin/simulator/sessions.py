@@ -86,14 +86,17 @@ class ClientHints:
     """What the replay tells the cache about one request, as a client's request would."""
 
     session: str | None
-    session_end: bool
+    session_end: bool | None
+    """``radix_session_end`` as the client sends it: true on the last turn, false on the
+    others, ``None`` from a client that does not know."""
 
 
 def client_hints(
     turns: Sequence[Turn], *, ids: bool = True, end_share: float = 0.0, seed: int = 0
 ) -> list[ClientHints]:
-    """Session ids on every request (``ids``) and a last-turn hint on the final request of
-    ``end_share`` of the sessions (drawn per session with ``seed``)."""
+    """Session ids on every request (``ids``); ``end_share`` of the sessions (drawn per
+    session with ``seed``) come from a client that knows when a conversation ends, which
+    sends ``radix_session_end`` on every turn (true on the final one)."""
     if not 0.0 <= end_share <= 1.0:
         raise ValueError(f"end_share must be in [0, 1], got {end_share}")
     rng = random.Random(seed)
@@ -105,7 +108,7 @@ def client_hints(
         out.append(
             ClientHints(
                 session=f"s{t.session}" if ids else None,
-                session_end=ids and t.last and sends_end[t.session],
+                session_end=t.last if ids and sends_end[t.session] else None,
             )
         )
     return out

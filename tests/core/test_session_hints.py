@@ -59,3 +59,10 @@ def test_the_requests_own_session_id_wins_over_xargs() -> None:
     assert request_session(SimpleNamespace(session_id="from-header"), hints) == "from-header"
     assert request_session(SimpleNamespace(session_id=None), hints) == "from-xargs"
     assert request_session(SimpleNamespace(), parse_hints(None)) is None
+
+
+def test_an_absent_session_end_is_no_word_at_all() -> None:
+    """Absent means the client does not know; false is its word that a next turn follows."""
+    assert parse_hints({}).session_end is None
+    assert parse_hints({"radix_priority": 1}).session_end is None
+    assert parse_hints({"radix_session_end": False}).session_end is False

@@ -3,7 +3,10 @@ sessions are inferred from the prompts when the client sends no id."""
 
 from __future__ import annotations
 
-from radix_plugin.core.policies.session import SessionPolicy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from radix_plugin.core.policies.session import SHARED, TURN_KEY, SessionPolicy
 from radix_plugin.core.radix_tree import RadixTree
 from radix_plugin.core.registry import make_eviction_policy
 from radix_plugin.simulator.drivers import RadixDriver
@@ -26,7 +29,7 @@ def _serve(
     pages: list[str],
     session: str | None,
     *,
-    end: bool = False,
+    end: bool | None = None,
 ) -> None:
     """What the engine does for one request: note it, cache its prompt, tag it, finish."""
     policy.note_request(rid, session, pages, session_end=end)
@@ -101,3 +104,94 @@ def test_it_ranks_like_lru_while_a_shadow_lru_hits_more() -> None:
     assert unguarded.lru_switches == 0 and ratios["unguarded"] < lru
     assert guarded.lru_switches >= 1
     assert ratios["guarded"] > ratios["unguarded"]
+
+
+def test_a_promised_tail_outlives_a_silent_one_and_an_ended_one_goes_first() -> None:
+    """``radix_session_end: false`` is the client's word that a next turn follows: that
+    tail stays even when it is the oldest; an unhinted one may be over, an ended one is."""
+    tree, policy = _tree()
+    tails = {"promised": ["p1", "p2"], "silent": ["s1", "s2"], "ended": ["e1", "e2"]}
+    _serve(tree, policy, "r1", tails["promised"], "promised", end=False)
+    _serve(tree, policy, "r2", tails["silent"], "silent")
+    _serve(tree, policy, "r3", tails["ended"], "ended", end=True)
+    order = []
+    while tails:
+        name = _evicted_first(tree, tails)
+        order.append(name)
+        tree.evict(len(tails.pop(name)))
+    assert order == ["ended", "silent", "promised"]
+
+
+def test_a_session_keeps_its_pace() -> None:
+    """Conversations whose next turn came quickly come quickly again, slow ones slowly. Most
+    conversations here are slow, so every-session gaps would keep the slow tail silent for
+    longer (its turn is nearer); per-pace gaps keep the quick one, due any moment."""
+    tree, policy = _tree(rekey_every=1, window=10**9)  # no inserts here: keep the guard off
+    fillers = iter(range(10**6))
+
+    def silence(n: int) -> None:
+        for _ in range(n):
+            f = next(fillers)
+            policy.note_request(f"filler{f}", f"one-off{f}", [f"page{f}"])
+
+    for i in range(40):  # 40 quick conversations: 3 requests between turns
+        for turn in range(3):
+            policy.note_request(f"q{i}-{turn}", f"quick{i}", [f"q{i}-{turn}"])
+            silence(2)
+    for turn in range(3):  # 200 slow ones: 300 requests between turns
+        for i in range(200):
+            policy.note_request(f"s{i}-{turn}", f"slow{i}", [f"s{i}-{turn}"])
+        silence(100)
+    quick, slow = ["a1", "a2"], ["b1", "b2"]
+    _serve(tree, policy, "b-0", slow[:1], "slow-new")
+    silence(299)
+    _serve(tree, policy, "b-1", slow, "slow-new")  # 300 requests after its first turn
+    silence(100)
+    _serve(tree, policy, "a-0", quick[:1], "quick-new")
+    silence(2)
+    _serve(tree, policy, "a-1", quick, "quick-new")  # 3 requests after its first turn
+    silence(1)
+    assert _evicted_first(tree, {"quick": quick, "slow": slow}) == "slow"
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[tuple[str | None, list[str], bool | None, int]]:
+    """Requests of a few conversations (some without ids), each turn extending the session's
+    previous prompt; each with the client's word on the end and blocks to evict after it."""
+    prompts: dict[str, list[str]] = {}
+    out = []
+    for i in range(draw(st.integers(1, 60))):
+        name = draw(st.sampled_from("abcdef"))
+        pages = prompts.get(name, []) + [f"{name}{i}-{j}" for j in range(draw(st.integers(1, 3)))]
+        prompts[name] = pages
+        session = draw(st.sampled_from([name, None]))
+        end = draw(st.sampled_from([None, True, False]))
+        out.append((session, pages, end, draw(st.integers(0, 4))))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(conversations(), st.integers(1, 8))
+def test_densities_are_bounded_and_ended_tails_go_first(
+    requests: list[tuple[str | None, list[str], bool | None, int]], rekey_every: int
+) -> None:
+    tree, policy = _tree(rekey_every=rekey_every, window=10**9)
+    for i, (session, pages, end, evict) in enumerate(requests):
+        _serve(tree, policy, f"r{i}", pages, session, end=end)
+        tree.evict(min(evict, tree.evictable_blocks()))
+        leaves = tree.evictable_leaves()
+        densities = {leaf: policy.density(leaf) for leaf in leaves}
+        assert all(0.0 <= d <= 1.0 for d in densities.values())
+        ended = [leaf for leaf in leaves if _ended(policy, leaf)]
+        assert all(densities[leaf] == 0.0 for leaf in ended)
+        victim = tree.next_victim()
+        if ended:
+            assert victim is not None and policy.density(victim) == 0.0
+
+
+def _ended(policy: SessionPolicy, leaf: object) -> bool:
+    tag = leaf.metadata.get(TURN_KEY)  # type: ignore[attr-defined]
+    if tag is None or tag[0] == SHARED:
+        return False
+    state = policy._sessions.get(tag[0])
+    return state is not None and state.ended

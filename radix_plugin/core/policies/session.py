@@ -12,11 +12,15 @@ its space by hits per unit of time it occupies).
   continues that request's conversation. The earlier prompts are remembered past their
   eviction (ghost entries), so continuations are observed even for tails the cache dropped.
 * What is learned online, in units of arriving requests: the distribution of gaps between a
-  session's turns, and per turn index the share of turns that get a next turn (a turn whose
-  session stays silent longer than almost every gap seen counts as the last).
-* A client that knows more says so: ``radix_session_end`` marks the last turn, whose tail
-  then goes first. A hinted last turn is not counted as a silent one, so hints also make
-  the unhinted turns look (correctly) more alive.
+  session's turns, per pace (the octave of the session's previous gap: a user keeps a
+  pace, so a quick conversation's tail is due soon and one silent far past its pace is
+  likely over), and per turn index the share of turns that get a next turn (a turn whose
+  session stays silent longer than most gaps seen counts as the last until it comes back).
+* A client that knows more says so: ``radix_session_end`` true marks the last turn, whose
+  tail then goes first; false says a next turn follows, so the tail is alive for sure and
+  ranks by its expected wait alone. Only sessions whose client says nothing teach the share
+  of turns that get a next turn, so hints also make the unhinted turns look (correctly)
+  more alive.
 * Tails of ended or stale sessions, branches a session moved away from and blocks of a kind
   that is never reused (learned per origin, as ``adaptive`` does) have density zero: they are
   evicted first, least recently used first. Prefixes several sessions share are ranked by
@@ -54,6 +58,8 @@ SHARED = "*"
 _BUCKETS_PER_OCTAVE = 4
 _NUM_BUCKETS = 100
 _TURN_CLASSES = 8
+_MIN_PACED = 32
+"""Gaps a pace class needs before its own distribution replaces the global one."""
 
 
 @dataclass(slots=True)
@@ -61,6 +67,9 @@ class _Session:
     last_turn: int
     turns: int
     ended: bool = False
+    promised: bool = False
+    """The client said a next turn follows (``radix_session_end`` sent as false)."""
+    last_gap: int | None = None
     counted_silent: bool = False
     """Its last turn was counted as a session's last (silent past the horizon); undone if
     the session comes back after all."""
@@ -124,9 +133,9 @@ class SessionPolicy(EvictionPolicy):
         *,
         rekey_every: int = 16,
         max_sessions: int = 1 << 16,
-        stale_quantile: float = 0.99,
-        window: int = 2000,
-        lru_hold: int = 4000,
+        stale_quantile: float = 0.9,
+        window: int = 500,
+        lru_hold: int = 2000,
         lru_margin: float = 0.02,
     ) -> None:
         super().__init__()
@@ -156,10 +165,11 @@ class SessionPolicy(EvictionPolicy):
         session: str | None,
         pages: Sequence[Hashable] = (),
         *,
-        session_end: bool = False,
+        session_end: bool | None = None,
     ) -> Hashable:
         """A request arrived; returns the session it belongs to (given, or inferred from
-        ``pages``, its full prompt pages, when ``session`` is ``None``)."""
+        ``pages``, its full prompt pages, when ``session`` is ``None``). ``session_end`` is
+        the client's word: last turn (true), a next turn follows (false), or nothing."""
         self.requests += 1
         now = self.requests
         key: Hashable = ("id", session) if session is not None else self._infer(pages, now)
@@ -167,10 +177,12 @@ class SessionPolicy(EvictionPolicy):
         if state is None:
             state = self._sessions[key] = _Session(last_turn=now, turns=1)
         else:
-            self._resolve(state, continued=True, gap=now - state.last_turn)
-            state.last_turn, state.turns = now, state.turns + 1
+            gap = now - state.last_turn
+            self._resolve(state, continued=True, gap=gap)
+            state.last_turn, state.turns, state.last_gap = now, state.turns + 1, gap
             self._sessions.move_to_end(key)
-        state.ended = session_end
+        state.ended = session_end is True
+        state.promised = session_end is False
         self._pending.append((now, key))
         if session is None and pages:
             self._ends[pages[-1]] = (key, state.turns)
@@ -181,7 +193,8 @@ class SessionPolicy(EvictionPolicy):
         self._expire(now)
         self._duel(pages)
         if now % self.rekey_every == 0:
-            self._turn_gaps.refresh()
+            for model in (self._turn_gaps, self._first_gaps, *self._paced_gaps.values()):
+                model.refresh()
             self._hit_gaps.refresh()
             self.version += 1
         return key
@@ -275,7 +288,10 @@ class SessionPolicy(EvictionPolicy):
 
     def _live_density(self, state: _Session) -> float:
         age = self.requests - state.last_turn
-        survive, wait = self._turn_gaps.alive_and_wait(age)
+        gaps = self._gap_model(state)
+        survive, wait = gaps.alive_and_wait(age)
+        if state.promised:  # alive for sure; overdue, it may come any time up to the horizon
+            return 1.0 / (wait if survive > 0.0 else gaps.horizon)
         if survive <= 0.0:
             return 0.0
         p = self._continue_share(state.turns)
@@ -303,6 +319,14 @@ class SessionPolicy(EvictionPolicy):
                 break
         return ("req", now)
 
+    def _gap_model(self, state: _Session) -> _GapModel:
+        """The gaps of sessions that kept the same pace (their previous gap in the same
+        octave) once enough are seen, else every session's: users keep their pace."""
+        if state.last_gap is None:
+            return self._first_gaps if self._first_gaps.total >= _MIN_PACED else self._turn_gaps
+        model = self._paced_gaps.get(_pace_class(state.last_gap))
+        return model if model is not None and model.total >= _MIN_PACED else self._turn_gaps
+
     def _continue_share(self, turns: int) -> float:
         k = min(turns, _TURN_CLASSES) - 1
         cont, ended = self._continued[k], self._silent[k]
@@ -310,8 +334,18 @@ class SessionPolicy(EvictionPolicy):
 
     def _resolve(self, state: _Session, *, continued: bool, gap: int = 0) -> None:
         """The session's previous turn is resolved: continued after ``gap`` requests, or not
-        (silent past the stale horizon). Hinted last turns teach nothing: the hint said it."""
-        if state.ended:
+        (silent past the stale horizon). Whether a turn gets a next one is learned from the
+        sessions whose client says nothing: a hint already says it for the others."""
+        if continued and not state.ended:
+            self._turn_gaps.observe(gap)
+            if state.last_gap is None:
+                self._first_gaps.observe(gap)
+            else:
+                pace = _pace_class(state.last_gap)
+                if pace not in self._paced_gaps:
+                    self._paced_gaps[pace] = _GapModel(self.stale_quantile)
+                self._paced_gaps[pace].observe(gap)
+        if state.ended or state.promised:
             return
         k = min(state.turns, _TURN_CLASSES) - 1
         if continued:
@@ -319,7 +353,6 @@ class SessionPolicy(EvictionPolicy):
                 self._silent[k] -= 1
                 state.counted_silent = False
             self._continued[k] += 1
-            self._turn_gaps.observe(gap)
         elif not state.counted_silent:
             self._silent[k] += 1
             state.counted_silent = True
@@ -379,6 +412,8 @@ class SessionPolicy(EvictionPolicy):
         self._ends: OrderedDict[Hashable, tuple[Hashable, int]] = OrderedDict()
         self._turn_of: dict[Hashable, tuple[Hashable, int]] = {}
         self._turn_gaps = _GapModel(self.stale_quantile)
+        self._first_gaps = _GapModel(self.stale_quantile)
+        self._paced_gaps: dict[int, _GapModel] = {}
         self._hit_gaps = _GapModel(self.stale_quantile)
         self._continued = [0] * _TURN_CLASSES
         self._silent = [0] * _TURN_CLASSES
@@ -395,6 +430,10 @@ class SessionPolicy(EvictionPolicy):
 
 def _bucket(age: int) -> int:
     return min(_NUM_BUCKETS - 1, int(_BUCKETS_PER_OCTAVE * math.log2(age + 1)))
+
+
+def _pace_class(gap: int) -> int:
+    return int(math.log2(gap + 1))
 
 
 def _bucket_mid(b: int) -> float:
