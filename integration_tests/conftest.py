@@ -7,12 +7,28 @@ vLLM reads it while building each engine's config; nothing session-wide is neede
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from radix_plugin.testing.cpu import cpu_report_lines
 from radix_plugin.testing.models import get_model_path
+
+
+def _bind_this_worker_to_its_own_core() -> None:
+    """Under pytest-xdist (`make test` runs two workers) every engine a test starts would
+    bind its OpenMP threads to the same core (vLLM's "auto" binding picks the first one
+    here), so both workers would share one core while the other idles. Each worker's
+    engines and servers get their own core instead, unless the user chose a binding."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        cpus = sorted(os.sched_getaffinity(0))
+        index = int(worker.removeprefix("gw")) % len(cpus)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpus[index])
+
+
+_bind_this_worker_to_its_own_core()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
