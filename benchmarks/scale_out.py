@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results_io import machine, model_choices, write_results
+from scale_out_sim import pool_window, window_markdown
 
 from radix_plugin.testing.cluster import (
     BLOCK_SIZE,
@@ -282,7 +283,9 @@ def markdown(payload: dict) -> str:
             f"| {comp} | {r['throughput']:.2f}x | {r['ttft_mean']:.2f}x | "
             f"{r['hit_ratio_points']:+.3f} |"
         )
-    lines += ["", MECHANISM, SCALING.format(kv_blocks=args["kv_blocks"]), "## Commands", ""]
+    window = {int(pool): r for pool, r in payload["simulated"].items()}
+    lines += ["", MECHANISM, window_markdown(window, args["kv_blocks"] - 1), ""]
+    lines += [SCALING.format(kv_blocks=args["kv_blocks"]), "## Commands", ""]
     lines += [f"    {c}" for c in payload.get("commands", [])]
     return "\n".join(lines)
 
@@ -376,10 +379,10 @@ WORKLOAD_KEYS = (
 """Settings every merged part must share: the cells it adds are then comparable."""
 
 
-def earlier_run(path: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
-    """(results, commands) of the result file at `path`, which must have the same workload."""
+def earlier_run(path: Path, args: argparse.Namespace) -> dict:
+    """The payload of the result file at `path`, which must have the same workload."""
     if not path.is_file():
-        return {}, []
+        return {}
     old = json.loads(path.read_text())
     for key in WORKLOAD_KEYS:
         if old["args"].get(key) != getattr(args, key):
@@ -387,7 +390,7 @@ def earlier_run(path: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
                 f"--merge: {path} has {key}={old['args'].get(key)!r}, "
                 f"this run {getattr(args, key)!r}"
             )
-    return old["results"], old.get("commands", [])
+    return old
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -410,8 +413,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     name = args.name or f"scale_out_{args.model}_cpu"
     path = Path(args.out) / f"{name}.json"
-    results, commands = earlier_run(path, args) if args.merge else ({}, [])
-    commands.append("python benchmarks/scale_out.py " + " ".join(argv))
+    earlier = earlier_run(path, args) if args.merge else {}
+    results: dict[str, dict] = earlier.get("results", {})
+    commands = [*earlier.get("commands", []), "python benchmarks/scale_out.py " + " ".join(argv)]
+    simulated = earlier.get("simulated") or simulate(sessions, args)
     for engine in engines:
         plugin, extra = ENGINES[engine]
         flags = [*REPLICA_FLAGS, str(args.concurrency), "--dtype", args.dtype, *extra]
@@ -431,13 +436,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results.setdefault(engine, {})[policy] = r
                 print(engine, policy, json.dumps(r), flush=True)
                 # Written after every cell, so a cut-short run keeps what it measured.
-                payload = _payload(args, results, commands)
+                payload = _payload(args, results, commands, simulated)
                 out = write_results(args.out, name, payload, markdown(payload))
                 plot(payload, out / f"{name}.png")
-    print(markdown(_payload(args, results, commands)))
+    print(markdown(_payload(args, results, commands, simulated)))
 
 
-def _payload(args: argparse.Namespace, results: dict, commands: list[str]) -> dict:
+def simulate(sessions: Sequence[Session], args: argparse.Namespace) -> dict[str, dict]:
+    """Simulated hit ratios for pool sizes around the measured one (JSON keys: strings)."""
+    usable = args.kv_blocks - 1  # vLLM keeps one block aside (the null block)
+    window = pool_window(
+        sessions,
+        [usable + d for d in (-16, -8, 0, 8, 16) if usable + d > 0],
+        replicas=args.replicas,
+        concurrency=args.concurrency,
+        output_tokens=args.output_tokens,
+        block_size=BLOCK_SIZE,
+    )
+    return {str(pool): r for pool, r in window.items()}
+
+
+def _payload(args: argparse.Namespace, results: dict, commands: list[str], simulated: dict) -> dict:
     from importlib.metadata import version
 
     return {
@@ -447,6 +466,7 @@ def _payload(args: argparse.Namespace, results: dict, commands: list[str]) -> di
         "commands": commands,
         "results": results,
         "ratios": ratios(results),
+        "simulated": simulated,
     }
 
 
