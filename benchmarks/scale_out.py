@@ -185,6 +185,7 @@ def run_policy(
     ) as router:
         result = run_sessions(router.url, sessions, args)
         router_text = scrape(router.metrics_url)
+    (log_dir / f"router-{policy}.metrics").write_text(router_text)
     after = replica_counters(replicas)
     delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
     hits, queries = sum(d["hits"] for d in delta), sum(d["queries"] for d in delta)
