@@ -44,6 +44,7 @@ from radix_plugin.testing.cluster import (
     BLOCK_SIZE,
     ROUTER_POLICIES,
     Replica,
+    Router,
     metric,
     reset_prefix_cache,
     running_replicas,
@@ -174,28 +175,32 @@ def replica_counters(replicas: Sequence[Replica]) -> list[dict[str, float]]:
     return out
 
 
+def router_lookups(router: Router) -> dict[str, float]:
+    text = scrape(router.metrics_url)
+    lookups = "vllm_router_kv_placement_lookups_total"
+    return {outcome: metric(text, lookups, result=outcome) for outcome in ("hit", "miss")}
+
+
 def run_policy(
     policy: str, replicas: Sequence[Replica], sessions: Sequence[Session], args, log_dir: Path
 ) -> dict:
-    for r in replicas:
-        reset_prefix_cache(r.url)
-    before = replica_counters(replicas)
     with running_router(
         policy, replicas, served_name=NAME, log=log_dir / f"router-{policy}.log"
     ) as router:
+        # After the router is up (and, for kv_aware, in sync with every replica's events):
+        # the resets' AllBlocksCleared reach it with the replicas' next steps.
+        for r in replicas:
+            reset_prefix_cache(r.url)
+        before, lookups_before = replica_counters(replicas), router_lookups(router)
         result = run_sessions(router.url, sessions, args)
-        router_text = scrape(router.metrics_url)
-    (log_dir / f"router-{policy}.metrics").write_text(router_text)
-    after = replica_counters(replicas)
+        after, lookups_after = replica_counters(replicas), router_lookups(router)
+        (log_dir / f"router-{policy}.metrics").write_text(scrape(router.metrics_url))
     delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
     hits, queries = sum(d["hits"] for d in delta), sum(d["queries"] for d in delta)
     result["hit_ratio"] = hits / queries if queries else 0.0
     result["replica_requests"] = [d["requests"] for d in delta]
     result["replica_hit_ratio"] = [d["hits"] / d["queries"] if d["queries"] else 0.0 for d in delta]
-    lookups = "vllm_router_kv_placement_lookups_total"
-    result["router_kv_lookups"] = {
-        outcome: metric(router_text, lookups, result=outcome) for outcome in ("hit", "miss")
-    }
+    result["router_kv_lookups"] = {k: lookups_after[k] - lookups_before[k] for k in lookups_after}
     return result
 
 
