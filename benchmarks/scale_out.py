@@ -44,7 +44,7 @@ from radix_plugin.testing.cluster import (
     BLOCK_SIZE,
     ROUTER_POLICIES,
     Replica,
-    Router,
+    kv_lookups,
     metric,
     reset_prefix_cache,
     running_replicas,
@@ -175,12 +175,6 @@ def replica_counters(replicas: Sequence[Replica]) -> list[dict[str, float]]:
     return out
 
 
-def router_lookups(router: Router) -> dict[str, float]:
-    text = scrape(router.metrics_url)
-    lookups = "vllm_router_kv_placement_lookups_total"
-    return {outcome: metric(text, lookups, result=outcome) for outcome in ("hit", "miss")}
-
-
 def run_policy(
     policy: str, replicas: Sequence[Replica], sessions: Sequence[Session], args, log_dir: Path
 ) -> dict:
@@ -191,9 +185,9 @@ def run_policy(
         # the resets' AllBlocksCleared reach it with the replicas' next steps.
         for r in replicas:
             reset_prefix_cache(r.url)
-        before, lookups_before = replica_counters(replicas), router_lookups(router)
+        before, lookups_before = replica_counters(replicas), kv_lookups(router)
         result = run_sessions(router.url, sessions, args)
-        after, lookups_after = replica_counters(replicas), router_lookups(router)
+        after, lookups_after = replica_counters(replicas), kv_lookups(router)
         (log_dir / f"router-{policy}.metrics").write_text(scrape(router.metrics_url))
     delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
     hits, queries = sum(d["hits"] for d in delta), sum(d["queries"] for d in delta)

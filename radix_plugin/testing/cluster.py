@@ -283,7 +283,11 @@ def complete(url: str, prompt: list[int], served_name: str, max_tokens: int = 1)
         return json.loads(r.read())
 
 
-KV_LOOKUP_HITS = ("vllm_router_kv_placement_lookups_total", {"result": "hit"})
+def kv_lookups(router: Router) -> dict[str, float]:
+    """The router's KV placement lookups so far: {"hit": found a cached prefix, "miss": none}."""
+    text = scrape(router.metrics_url)
+    name = "vllm_router_kv_placement_lookups_total"
+    return {outcome: metric(text, name, result=outcome) for outcome in ("hit", "miss")}
 
 
 def wait_kv_synced(
@@ -296,7 +300,6 @@ def wait_kv_synced(
     replica's blocks. Each probe is a new engine step, hence new events, hence (after a
     missed start) a sequence gap the router backfills, so this converges in a few probes.
     """
-    name, labels = KV_LOOKUP_HITS
     for i, replica in enumerate(replicas):
         deadline = time.monotonic() + timeout_s
         for attempt in itertools.count():
@@ -304,9 +307,9 @@ def wait_kv_synced(
             probe = [rng.randrange(10, 4000) for _ in range(2 * BLOCK_SIZE)]
             complete(replica.url, probe, served_name)
             time.sleep(0.1)
-            hits = metric(scrape(router.metrics_url), name, **labels)
+            hits = kv_lookups(router)["hit"]
             complete(router.url, probe, served_name)
-            if metric(scrape(router.metrics_url), name, **labels) > hits:
+            if kv_lookups(router)["hit"] > hits:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"router saw no KV events of {replica.url} in {timeout_s} s")
