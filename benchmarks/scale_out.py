@@ -14,7 +14,11 @@ TTFT (mean, p50, p90), the cluster-wide prefix hit ratio (sum of both replicas' 
 and the router's own KV placement lookups. Ratios: plugin / vanilla under the same routing,
 and each policy / round_robin for the same engine, all from one run.
 
-    python benchmarks/scale_out.py --model real
+    python benchmarks/scale_out.py --model real --dtype float32
+
+On a small box, run it in parts (each engine kind in its own call, same workload) and let
+``--merge`` add each part to the result file: every cell of one engine kind still runs
+back to back on the same replicas, and the ratios are computed over the merged cells.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results_io import machine, model_choices, write_results
+from scale_out_sim import pool_window, window_markdown
 
 from radix_plugin.testing.cluster import (
     BLOCK_SIZE,
     ROUTER_POLICIES,
     Replica,
+    kv_lookups,
     metric,
     reset_prefix_cache,
     running_replicas,
@@ -172,24 +178,23 @@ def replica_counters(replicas: Sequence[Replica]) -> list[dict[str, float]]:
 def run_policy(
     policy: str, replicas: Sequence[Replica], sessions: Sequence[Session], args, log_dir: Path
 ) -> dict:
-    for r in replicas:
-        reset_prefix_cache(r.url)
-    before = replica_counters(replicas)
     with running_router(
         policy, replicas, served_name=NAME, log=log_dir / f"router-{policy}.log"
     ) as router:
+        # After the router is up (and, for kv_aware, in sync with every replica's events):
+        # the resets' AllBlocksCleared reach it with the replicas' next steps.
+        for r in replicas:
+            reset_prefix_cache(r.url)
+        before, lookups_before = replica_counters(replicas), kv_lookups(router)
         result = run_sessions(router.url, sessions, args)
-        router_text = scrape(router.metrics_url)
-    after = replica_counters(replicas)
+        after, lookups_after = replica_counters(replicas), kv_lookups(router)
+        (log_dir / f"router-{policy}.metrics").write_text(scrape(router.metrics_url))
     delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
     hits, queries = sum(d["hits"] for d in delta), sum(d["queries"] for d in delta)
     result["hit_ratio"] = hits / queries if queries else 0.0
     result["replica_requests"] = [d["requests"] for d in delta]
     result["replica_hit_ratio"] = [d["hits"] / d["queries"] if d["queries"] else 0.0 for d in delta]
-    lookups = "vllm_router_kv_placement_lookups_total"
-    result["router_kv_lookups"] = {
-        outcome: metric(router_text, lookups, result=outcome) for outcome in ("hit", "miss")
-    }
+    result["router_kv_lookups"] = {k: lookups_after[k] - lookups_before[k] for k in lookups_after}
     return result
 
 
@@ -199,17 +204,63 @@ def warm_up(replicas: Sequence[Replica]) -> None:
         stream_completion(r.url, list(range(100, 100 + 2 * BLOCK_SIZE)), 2)
 
 
+MECHANISM = """\
+## Why the plugin's eviction matters behind a KV-aware router
+
+`kv_aware` sends each request to the replica whose KV events show the longest cached prefix
+of it, so every tenant's system prompt settles on one replica and every later request of
+that tenant arrives there: the router's choice turns into hits *on that replica's copy*.
+Each replica still evicts on its own. Once the prefixes a replica is routed (its tenants'
+system prompts plus its live sessions) exceed its pool, vanilla vLLM's LRU cycles: the
+tenants come round in turn, and the prompt evicted is always the one needed next, after
+finished sessions' histories (never used again) that were touched more recently. The
+router then sees the `BlockRemoved`, the prefix is recomputed, and placement no longer
+buys anything.
+
+`plugin-adaptive` (`{"eviction": "adaptive"}`) ranks a leaf by recency plus a frequency
+credit: a node's hit count is exactly how often the router sent a request for that prefix
+here, so the prefixes the router keeps sending are the last to go, and one-off session
+tails go first. The credit is tuned online (ghost hits), so it falls back to LRU where
+frequency does not pay. Compare `plugin-adaptive / vanilla, kv_aware` (same routing, same
+pool) in the ratio table: the hit-ratio difference is the eviction's, the throughput ratio
+what it buys. The gain exists only under pressure: with a pool that holds every routed
+prefix, LRU loses nothing; with a pool far too small, no ranking keeps enough.
+"""
+
+SCALING = """\
+## Many replicas: what grows with N
+
+- **Router index memory**: one entry per (cached block, replica) in the router's tree, so it
+  grows with the cluster's total KV capacity (N x pool blocks), not with traffic; here 2 x
+  {kv_blocks} blocks at most.
+- **Event traffic**: one ZMQ stream per replica, a `BlockStored` per newly cached run of
+  blocks and a `BlockRemoved` per eviction: the router's ingest grows linearly with N and
+  with each replica's cache churn (the eviction above lowers churn, so also traffic).
+- **Per-request lookup**: one walk of the request's blocks in the router's tree (independent
+  of N) plus scoring the replicas that hold the prefix, at most N; text and chat requests
+  add one render (tokenization) call to a replica, token-id prompts none.
+- **Placement quality** does not degrade with N: a shared prefix is computed once per
+  replica that holds it, and under `kv_aware` that is one replica until its load makes
+  another one cheaper. What degrades is `round_robin`: each prefix is recomputed on up to N
+  replicas, so its hit ratio falls as N grows, while `kv_aware`'s stays.
+- **Per replica**, nothing grows with N: the plugin's eviction is local and needs no
+  coordination; each replica's pool only has to hold the prefixes routed to it.
+"""
+
+
 def markdown(payload: dict) -> str:
     res, args = payload["results"], payload["args"]
     lines = [
         "# Scale-out: 2 replicas behind vllm-router, vanilla vLLM vs radix-plugin",
         "",
-        f"Model `{args['model']}`, {payload['machine']}; vllm-router {payload['router']}.",
+        f"Model `{args['model']}` ({args['dtype']}), {payload['machine']}; "
+        f"vllm-router {payload['router']}.",
         f"Workload: {args['tenants']} tenants x {args['sessions_per_tenant']} sessions x "
         f"{args['turns']} turns; system prompt {args['system_tokens']} tokens, user turn "
         f"{args['user_tokens']}, answer {args['output_tokens']} tokens (in the next turn's "
         f"history); {args['concurrency']} sessions at a time; KV pool {args['kv_blocks']} "
-        f"blocks x {BLOCK_SIZE} tokens per replica; each replica pinned to its own core.",
+        f"blocks x {BLOCK_SIZE} tokens per replica; each replica pinned to its own core. "
+        "Token-id prompts; each replica's prefix cache is emptied before each routing policy.",
         "",
         "| engine | routing | req/s | prompt tok/s | out tok/s | TTFT mean s | TTFT p50 s "
         "| TTFT p90 s | cluster hit ratio | requests per replica | router KV lookups hit/miss |",
@@ -225,13 +276,17 @@ def markdown(payload: dict) -> str:
                 f"{r['hit_ratio']:.3f} | {'/'.join(f'{n:.0f}' for n in r['replica_requests'])} "
                 f"| {kv['hit']:.0f}/{kv['miss']:.0f} |"
             )
-    lines += ["", "## Ratios (same run)", ""]
+    lines += ["", "## Ratios (same workload, back to back)", ""]
     lines += ["| comparison | throughput (req/s) | TTFT mean | hit ratio |", "|---|---|---|---|"]
     for comp, r in payload["ratios"].items():
         lines.append(
             f"| {comp} | {r['throughput']:.2f}x | {r['ttft_mean']:.2f}x | "
             f"{r['hit_ratio_points']:+.3f} |"
         )
+    window = {int(pool): r for pool, r in payload["simulated"].items()}
+    lines += ["", MECHANISM, window_markdown(window, args["kv_blocks"] - 1), ""]
+    lines += [SCALING.format(kv_blocks=args["kv_blocks"]), "## Commands", ""]
+    lines += [f"    {c}" for c in payload.get("commands", [])]
     return "\n".join(lines)
 
 
@@ -279,9 +334,9 @@ def plot(payload: dict, path: Path) -> None:
     width = 0.8 / len(engines)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for i, engine in enumerate(engines):
-            values = [res[engine].get(p, {}).get(key, 0.0) for p in policies]
-            xs = [j + i * width for j in range(len(policies))]
-            ax.bar(xs, values, width, label=engine)
+            cells = [(j, res[engine][p][key]) for j, p in enumerate(policies) if p in res[engine]]
+            xs = [j + i * width for j, _ in cells]
+            ax.bar(xs, [v for _, v in cells], width, label=engine)
         ax.set_xticks([j + width * (len(engines) - 1) / 2 for j in range(len(policies))])
         ax.set_xticklabels(policies)
         ax.set_title(title)
@@ -299,26 +354,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", default="vanilla,plugin", help=f"of {', '.join(ENGINES)}")
     p.add_argument("--policies", default=",".join(ROUTER_POLICIES))
     p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--kv-blocks", type=int, default=96, help="KV pool per replica, in blocks")
+    p.add_argument("--kv-blocks", type=int, default=78, help="KV pool per replica, in blocks")
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--tenants", type=int, default=6)
+    p.add_argument("--dtype", default="auto", help="float32 on CPUs without native bf16")
+    p.add_argument("--tenants", type=int, default=10)
     p.add_argument("--sessions-per-tenant", type=int, default=3)
-    p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--system-tokens", type=int, default=512)
-    p.add_argument("--user-tokens", type=int, default=64)
+    p.add_argument("--turns", type=int, default=2)
+    p.add_argument("--system-tokens", type=int, default=384)
+    p.add_argument("--user-tokens", type=int, default=96)
     p.add_argument("--output-tokens", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default=None, help="result file base name")
+    p.add_argument("--merge", action="store_true", help="add to the existing result file")
     p.add_argument("--log-dir", default="/tmp/scale_out")
     return p.parse_args(argv)
+
+
+WORKLOAD_KEYS = (
+    "model", "dtype", "replicas", "kv_blocks", "max_model_len", "tenants", "sessions_per_tenant",
+    "turns", "system_tokens", "user_tokens", "output_tokens", "concurrency", "seed",
+)  # fmt: skip
+"""Settings every merged part must share: the cells it adds are then comparable."""
+
+
+def earlier_run(path: Path, args: argparse.Namespace) -> dict:
+    """The payload of the result file at `path`, which must have the same workload."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    for key in WORKLOAD_KEYS:
+        if old["args"].get(key) != getattr(args, key):
+            raise SystemExit(
+                f"--merge: {path} has {key}={old['args'].get(key)!r}, "
+                f"this run {getattr(args, key)!r}"
+            )
+    return old
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     # `timeout`/bench-run stop with SIGTERM: exit through the context managers, which stop
     # the replicas and the router (Python's default SIGTERM action would orphan them).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     engines = args.engines.split(",")
     policies = args.policies.split(",")
@@ -332,11 +411,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sessions = build_sessions(args, vocab)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
     name = args.name or f"scale_out_{args.model}_cpu"
+    path = Path(args.out) / f"{name}.json"
+    earlier = earlier_run(path, args) if args.merge else {}
+    results: dict[str, dict] = earlier.get("results", {})
+    commands = [*earlier.get("commands", []), "python benchmarks/scale_out.py " + " ".join(argv)]
+    simulated = earlier.get("simulated") or simulate(sessions, args)
     for engine in engines:
         plugin, extra = ENGINES[engine]
-        flags = [*REPLICA_FLAGS, str(args.concurrency), *extra]
+        flags = [*REPLICA_FLAGS, str(args.concurrency), "--dtype", args.dtype, *extra]
         with running_replicas(
             model_path,
             args.replicas,
@@ -352,23 +435,38 @@ def main(argv: Sequence[str] | None = None) -> None:
                 r = run_policy(policy, replicas, sessions, args, log_dir)
                 results.setdefault(engine, {})[policy] = r
                 print(engine, policy, json.dumps(r), flush=True)
-                # Written after every run, so a cut-short run keeps what it measured.
-                out = write_results(args.out, name, _payload(args, results), "")
-    payload = _payload(args, results)
-    out = write_results(args.out, name, payload, markdown(payload))
-    plot(payload, out / f"{name}.png")
-    print(markdown(payload))
+                # Written after every cell, so a cut-short run keeps what it measured.
+                payload = _payload(args, results, commands, simulated)
+                out = write_results(args.out, name, payload, markdown(payload))
+                plot(payload, out / f"{name}.png")
+    print(markdown(_payload(args, results, commands, simulated)))
 
 
-def _payload(args: argparse.Namespace, results: dict) -> dict:
+def simulate(sessions: Sequence[Session], args: argparse.Namespace) -> dict[str, dict]:
+    """Simulated hit ratios for pool sizes around the measured one (JSON keys: strings)."""
+    usable = args.kv_blocks - 1  # vLLM keeps one block aside (the null block)
+    window = pool_window(
+        sessions,
+        [usable + d for d in (-16, -8, 0, 8, 16) if usable + d > 0],
+        replicas=args.replicas,
+        concurrency=args.concurrency,
+        output_tokens=args.output_tokens,
+        block_size=BLOCK_SIZE,
+    )
+    return {str(pool): r for pool, r in window.items()}
+
+
+def _payload(args: argparse.Namespace, results: dict, commands: list[str], simulated: dict) -> dict:
     from importlib.metadata import version
 
     return {
         "machine": machine(),
         "router": version("vllm-router"),
         "args": vars(args),
+        "commands": commands,
         "results": results,
         "ratios": ratios(results),
+        "simulated": simulated,
     }
 
 

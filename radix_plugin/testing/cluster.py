@@ -23,13 +23,23 @@ vllm-router 0.1.17 source); missing any one leaves every placement lookup a miss
 - The router keys its index by its own hash of each block's token ids (from `BlockStored`),
   so vLLM's block-hash seed (`PYTHONHASHSEED`) need not match anything; the block size must
   (`--kv-event-block-size` = vLLM's `--block-size`).
+
+And one fact decides whether it sees them *in time*: a ZMQ subscriber gets only what is
+published after it connected, vLLM publishes a replica's events only during its engine
+steps, and the router backfills from the replay endpoint only when a later event shows a
+sequence gap. A request sent right after the router starts can therefore land on a replica
+whose earlier blocks the router has not seen yet, and an idle replica stays unseen until
+its next step. `running_router` therefore waits, for `kv_aware`, until each replica's
+events demonstrably reach the router (`wait_kv_synced`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -256,9 +266,53 @@ def running_router(
     try:
         router = Router(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", proc)
         wait_healthy(router.url + "/health", proc, timeout_s)
+        if policy == "kv_aware":
+            wait_kv_synced(router, replicas, served_name, timeout_s)
         yield router
     finally:
         stop(proc, 10)
+
+
+def complete(url: str, prompt: list[int], served_name: str, max_tokens: int = 1) -> dict:
+    """One non-streamed token-id completion."""
+    body = {"model": served_name, "prompt": prompt, "max_tokens": max_tokens}
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def kv_lookups(router: Router) -> dict[str, float]:
+    """The router's KV placement lookups so far: {"hit": found a cached prefix, "miss": none}."""
+    text = scrape(router.metrics_url)
+    name = "vllm_router_kv_placement_lookups_total"
+    return {outcome: metric(text, name, result=outcome) for outcome in ("hit", "miss")}
+
+
+def wait_kv_synced(
+    router: Router, replicas: Sequence[Replica], served_name: str, timeout_s: float = 60
+) -> None:
+    """Return once the router's KV index has applied each replica's live events.
+
+    Per replica: cache a fresh two-block probe prompt there directly, then send the same
+    prompt through the router; a placement lookup hit proves the router holds that
+    replica's blocks. Each probe is a new engine step, hence new events, hence (after a
+    missed start) a sequence gap the router backfills, so this converges in a few probes.
+    """
+    for i, replica in enumerate(replicas):
+        deadline = time.monotonic() + timeout_s
+        for attempt in itertools.count():
+            rng = random.Random(f"kv-sync-{i}-{attempt}")
+            probe = [rng.randrange(10, 4000) for _ in range(2 * BLOCK_SIZE)]
+            complete(replica.url, probe, served_name)
+            time.sleep(0.1)
+            hits = kv_lookups(router)["hit"]
+            complete(router.url, probe, served_name)
+            if kv_lookups(router)["hit"] > hits:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"router saw no KV events of {replica.url} in {timeout_s} s")
 
 
 def metric(text: str, name: str, **labels: str) -> float:
