@@ -96,6 +96,8 @@ def run_side(
     """Every request in trace order, one at a time; greedy, ``max_tokens`` at most."""
     from vllm import SamplingParams
 
+    from radix_plugin.testing.engine import run_one
+
     engine = llm.llm_engine
     vocab = llm.llm_engine.model_config.get_vocab_size()
     prompts = [prompt_tokens(r, vocab) for r in trace]
@@ -110,13 +112,7 @@ def run_side(
             ignore_eos=True,
             extra_args=xargs,
         )
-        engine.add_request(f"r{i}", {"prompt_token_ids": prompt}, params, session_id=h.session)
-        done = None
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    done = out
-        assert done is not None
+        done = run_one(engine, f"r{i}", prompt, params, session_id=h.session)
         hit += done.num_cached_tokens or 0
         total += len(prompt)
         outputs.append(list(done.outputs[0].token_ids))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from vllm import LLM, SamplingParams
 
-from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
+from radix_plugin.testing.engine import cpu_llm_kwargs, run_one, shutdown_llm
 
 BS = 32
 OUT = 4
@@ -63,16 +63,8 @@ def _second_turn(policy: str) -> dict[str, Any]:
 
 def _run(llm: LLM, rid: str, tokens: list[int], session: str, **xargs: Any) -> Any:
     """One request through the engine's own add_request (which takes ``session_id``)."""
-    engine = llm.llm_engine
     params = SamplingParams(temperature=0.0, max_tokens=OUT, extra_args=xargs or None)
-    engine.add_request(rid, {"prompt_token_ids": tokens}, params, session_id=session)
-    done = None
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done = out
-    assert done is not None
-    return done
+    return run_one(llm.llm_engine, rid, tokens, params, session_id=session)
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,9 @@ def _landed(replicas: list[_Replica], prompt: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("replicas", [KV_EVENTS_CONFIG["topic"]], indirect=True)
 def test_stores_attract_and_removals_release_prefixes(replicas: list[_Replica]) -> None:
-    with running_router("kv_aware", [r.replica for r in replicas], served_name=NAME) as router:
+    with running_router(
+        "kv_aware", [r.replica for r in replicas], served_name=NAME, sync_kv=False
+    ) as router:
         (a, a_hashes), (b, b_hashes) = _prefix(1), _prefix(2)
         replicas[0].store(a, a_hashes)
         replicas[1].store(b, b_hashes)
@@ -161,7 +163,9 @@ def test_stores_attract_and_removals_release_prefixes(replicas: list[_Replica]) 
 @pytest.mark.parametrize("replicas", ["kv-events"], indirect=True)
 def test_a_named_topic_is_silently_dropped(replicas: list[_Replica]) -> None:
     """Why a first try saw only misses: vLLM publishing under any topic but the router's."""
-    with running_router("kv_aware", [r.replica for r in replicas], served_name=NAME) as router:
+    with running_router(
+        "kv_aware", [r.replica for r in replicas], served_name=NAME, sync_kv=False
+    ) as router:
         a, a_hashes = _prefix(1)
         replicas[1].store(a, a_hashes)
         time.sleep(0.5)

@@ -129,6 +129,20 @@ def running_llm(model: str | Path = "tiny", **kwargs: Any) -> Iterator[Any]:
         shutdown_llm(llm)
 
 
+def run_one(engine: Any, request_id: str, prompt_ids: list[int], params: Any, **kwargs: Any) -> Any:
+    """Run one request alone through ``LLMEngine.add_request`` (which, unlike
+    ``LLM.generate``, takes ``session_id`` and other per-request keywords) and return its
+    final output."""
+    engine.add_request(request_id, {"prompt_token_ids": prompt_ids}, params, **kwargs)
+    done = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done = out
+    assert done is not None, f"request {request_id} did not finish"
+    return done
+
+
 def drain(llm: Any) -> None:
     """Step an in-process engine until its scheduler has nothing in flight.
 
