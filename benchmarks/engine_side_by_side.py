@@ -22,7 +22,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_workloads import WORKLOADS, RunStats, run
-from results_io import machine, model_choices, result_name, write_results
+from results_io import (
+    DTYPE_HELP,
+    machine,
+    model_choices,
+    resolve_dtype,
+    result_name,
+    write_results,
+)
 
 DEFAULT_KV_BLOCKS = 2048  # KV pool of workloads that do not set their own
 PLUGIN_ARGS = {
@@ -31,7 +38,9 @@ PLUGIN_ARGS = {
 }
 
 
-def make_engine(model: str, plugin: bool, kv_blocks: int, max_num_seqs: int = 32) -> Any:
+def make_engine(
+    model: str, plugin: bool, kv_blocks: int, max_num_seqs: int = 32, dtype: str = "auto"
+) -> Any:
     from vllm import LLM
 
     from radix_plugin.testing.engine import cpu_llm_kwargs
@@ -44,6 +53,7 @@ def make_engine(model: str, plugin: bool, kv_blocks: int, max_num_seqs: int = 32
         num_kv_blocks=kv_blocks,
         enable_prefix_caching=True,
         max_num_batched_tokens=2048,
+        dtype=dtype,
         **(PLUGIN_ARGS if plugin else {}),
     )
     return LLM(**kwargs)
@@ -52,14 +62,15 @@ def make_engine(model: str, plugin: bool, kv_blocks: int, max_num_seqs: int = 32
 class Engines:
     """One vanilla and one plugin engine per KV size, built on first use."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, dtype: str = "auto") -> None:
         self.model = model
+        self.dtype = dtype
         self._cache: dict[tuple[bool, int, int], Any] = {}
 
     def get(self, plugin: bool, kv_blocks: int, max_num_seqs: int = 32) -> Any:
         key = (plugin, kv_blocks, max_num_seqs)
         if key not in self._cache:
-            self._cache[key] = make_engine(self.model, plugin, kv_blocks, max_num_seqs)
+            self._cache[key] = make_engine(self.model, plugin, kv_blocks, max_num_seqs, self.dtype)
         return self._cache[key]
 
 
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink/grow every workload")
     ap.add_argument("--scheduler-steps", action="store_true")
+    ap.add_argument("--dtype", default="native", help=DTYPE_HELP)
     ap.add_argument("--out", default=None, help="write JSON + markdown here")
     args = ap.parse_args(argv)
     names = [w for w in args.workloads.split(",") if w]
@@ -163,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"unknown workload(s) {bad}; valid: {', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
-    engines = Engines(args.model)
+    dtype = resolve_dtype(args.dtype)
+    engines = Engines(args.model, dtype)
     rows = [compare_workload(engines, n, args.repeats, args.scale) for n in names]
     table = render_table(rows)
     print(table)
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         meta = {
             "model": args.model,
+            "dtype": dtype,
             "machine": machine(),
             "repeats": args.repeats,
             "scale": args.scale,

@@ -24,6 +24,17 @@ def machine() -> str:
     return f"{platform.machine()} {model} ({isa}), {os.cpu_count()} cores, {engine}"
 
 
+def resolve_dtype(value: str) -> str:
+    """A benchmark's ``--dtype``: ``native`` is bf16 where the CPU computes it natively, else
+    float32 (emulated bf16 would measure the emulation); anything else goes to vLLM as is."""
+    from radix_plugin.testing.cpu import native_dtype
+
+    return native_dtype() if value == "native" else value
+
+
+DTYPE_HELP = "native (bf16 where the CPU has it, else float32), auto (the model's), or a dtype"
+
+
 def model_choices() -> list[str]:
     """Every model `--model` accepts: the random-weight test models and the pretrained one."""
     from radix_plugin.testing.models import all_model_names

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from results_io import machine, model_choices, write_results
+from results_io import DTYPE_HELP, machine, model_choices, resolve_dtype, write_results
 from scale_out_sim import pool_window, window_markdown
 
 from radix_plugin.testing.cluster import (
@@ -356,7 +356,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--kv-blocks", type=int, default=78, help="KV pool per replica, in blocks")
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--dtype", default="auto", help="float32 on CPUs without native bf16")
+    p.add_argument("--dtype", default="native", help=DTYPE_HELP)
     p.add_argument("--tenants", type=int, default=10)
     p.add_argument("--sessions-per-tenant", type=int, default=3)
     p.add_argument("--turns", type=int, default=2)
@@ -369,7 +369,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="result file base name")
     p.add_argument("--merge", action="store_true", help="add to the existing result file")
     p.add_argument("--log-dir", default="/tmp/scale_out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dtype = resolve_dtype(args.dtype)
+    return args
 
 
 WORKLOAD_KEYS = (

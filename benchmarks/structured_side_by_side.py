@@ -1,7 +1,8 @@
 """Structured decoding side by side: vanilla vLLM (xgrammar) vs the plugin, per workload.
 
     python benchmarks/structured_side_by_side.py [--model small|real|PATH] [--requests 16]
-        [--repeats 1] [--batches 1,16] [--workloads ...] [--sides ...] [--out DIR]
+        [--repeats 1] [--batches 1,16] [--workloads ...] [--sides ...] [--dtype native]
+        [--out DIR]
 
 Engines (all in this process, greedy requests):
 
@@ -40,7 +41,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from results_io import machine, model_choices, write_results
+from results_io import DTYPE_HELP, machine, model_choices, resolve_dtype, write_results
 
 KEY_HEAVY = {
     "type": "object",
@@ -141,14 +142,19 @@ def resolve_model(name: str) -> str:
     return str(get_model_path(name))
 
 
-def make_engine(model: str, extra: dict) -> Any:
+def make_engine(model: str, extra: dict, dtype: str = "auto") -> Any:
     from vllm import LLM
 
     from radix_plugin.testing.engine import cpu_llm_kwargs
 
     return LLM(
         **cpu_llm_kwargs(
-            model, max_model_len=2048, max_num_seqs=16, enable_prefix_caching=True, **extra
+            model,
+            max_model_len=2048,
+            max_num_seqs=16,
+            enable_prefix_caching=True,
+            dtype=dtype,
+            **extra,
         )
     )
 
@@ -361,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="16")
     ap.add_argument("--workloads", default="key_heavy")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of sides")
+    ap.add_argument("--dtype", default="native", help=DTYPE_HELP)
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="structured_side_by_side")
     args = ap.parse_args(argv)
@@ -368,14 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     sides = args.sides.split(",")
     batches = [int(b) for b in args.batches.split(",")]
     workloads = args.workloads.split(",")
-    engines = {side: make_engine(model, SIDES[side]) for side in sides}
+    dtype = resolve_dtype(args.dtype)
+    engines = {side: make_engine(model, SIDES[side], dtype) for side in sides}
     for side, llm in engines.items():  # warm-up: first-request costs are not measured
         run_once(llm, side, "key_heavy", 2, 2)
     runs: dict[str, dict[str, list[dict]]] = {}
     for workload in workloads:
         for batch in batches:
-            if workload == "plain" and batch == 1:
-                continue
             key = f"{workload}, b={batch}"
             n = args.batch1_requests if batch == 1 else args.requests
             runs[key] = {side: [] for side in sides}
@@ -400,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "model": args.model,
             "model_path": model,
+            "dtype": dtype,
             "requests": args.requests,
             "batch1_requests": args.batch1_requests,
             "repeats": args.repeats,

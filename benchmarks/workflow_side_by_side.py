@@ -30,7 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_io import machine, model_choices, result_name, write_results
+from results_io import (
+    DTYPE_HELP,
+    machine,
+    model_choices,
+    resolve_dtype,
+    result_name,
+    write_results,
+)
 
 MAX_MODEL_LEN = 8192
 BLOCK = 32
@@ -243,15 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-blocks", type=int, default=400, help="32-token blocks in the pool")
     ap.add_argument("--prompt-tokens", default="2048,4096", help="MIN,MAX agent prompt")
     ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
-    ap.add_argument(
-        "--dtype", default="auto", help="model dtype (float32 on CPUs without native bf16)"
-    )
+    ap.add_argument("--dtype", default="native", help=DTYPE_HELP)
     ap.add_argument(
         "--name", default=None, help="result file name (default: workflow_side_by_side[_MODEL])"
     )
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.dtype = resolve_dtype(args.dtype)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     args.name = args.name or result_name("workflow_side_by_side", args.model)
     if args.child:

@@ -29,3 +29,10 @@ def test_report_names_the_attention_kernel_this_cpu_gets() -> None:
     assert lines[0].startswith("cpu: ")
     expected = "amx" if "amx_tile" in flags else "vec"
     assert f"CPU_ATTN bf16 kernel: {expected};" in lines[2]
+
+
+def test_native_dtype_is_bf16_only_where_the_cpu_computes_it() -> None:
+    assert cpu.native_dtype({"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert cpu.native_dtype({"avx2", "amx_tile", "amx_bf16"}) == "bfloat16"
+    assert cpu.native_dtype({"avx2", "avx512f", "avx512_vnni"}) == "float32"
+    assert cpu.native_dtype(set()) == "float32"
