@@ -211,7 +211,7 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
         for i, p in enumerate(plain)
     ]
     parts: dict[str, list[float]] = {k: [] for k in ("forward", "sample", "mask", "drafts")}
-    steps = [0, 0]  # model steps, request-steps
+    steps = [0, 0, 0]  # model steps, request-steps, scheduled positions
     original_schedule = scheduler.schedule
 
     def counting(*args: Any, **kwargs: Any) -> Any:
@@ -219,6 +219,7 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
         if out.total_num_scheduled_tokens:
             steps[0] += 1
             steps[1] += len(out.num_scheduled_tokens)
+            steps[2] += out.total_num_scheduled_tokens
         return out
 
     scheduler.schedule = counting
@@ -271,6 +272,7 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
         "plain_tokens_per_s": plain_tps,
         "model_steps": steps[0],
         "steps_per_request": steps[1] / requests,
+        "positions_per_step": steps[2] / n_steps,
         "ms_per_step": 1e3 * wall / n_steps,
         **{f"{k}_ms_per_step": v for k, v in per_step.items()},
         "valid_outputs": valid,
@@ -295,10 +297,10 @@ def _valid(workload: str, text: str) -> bool:
 
 def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| workload, batch | engine | tok/s | chars/s | req/s | steps/req | ms/step: fwd + sample"
-        " + mask + drafts + other | valid | tok/s vs vanilla | req/s vs vanilla | steps vs "
-        "vanilla | no-grammar requests' tok/s vs vanilla |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workload, batch | engine | tok/s | chars/s | req/s | steps/req | positions/step | "
+        "ms/step: fwd + sample + mask + drafts + other | valid | tok/s vs vanilla | "
+        "req/s vs vanilla | steps vs vanilla | no-grammar requests' tok/s vs vanilla |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, sides in summary.items():
         base = sides.get("vanilla_xgrammar")
@@ -320,6 +322,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             lines.append(
                 f"| {key} | {side} | {s['tokens_per_s']:.0f} | {s['chars_per_s']:.0f} | "
                 f"{s['requests_per_s']:.2f} | {s['steps_per_request']:.1f} | "
+                f"{s.get('positions_per_step', float('nan')):.1f} | "
                 f"{s['ms_per_step']:.1f}: {s['forward_ms_per_step']:.1f} + "
                 f"{s['sample_ms_per_step']:.1f} + {s['mask_ms_per_step']:.1f} + "
                 f"{s['drafts_ms_per_step']:.1f} + {s['other_ms_per_step']:.1f} | "
