@@ -4,7 +4,7 @@
         [--repeats 1] [--batches 1,16] [--workloads ...] [--sides ...] [--dtype native]
         [--out DIR]
 
-Engines (all in this process, greedy requests):
+Engines (each side in its own process, one after another per repeat; greedy requests):
 
 - ``vanilla_xgrammar``: plain vLLM, ``structured_outputs`` (xgrammar, no free whitespace).
 - ``plugin_masking``: RadixScheduler + the plugin's logits processor, grammars through
@@ -36,6 +36,7 @@ import contextlib
 import json
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -282,6 +283,35 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
     }
 
 
+CHILD_MARK = "RESULT "
+
+
+def run_side(
+    side: str, model: str, dtype: str, cells: list[tuple[str, str, int]], args: Any
+) -> dict[str, dict[str, Any]]:
+    """One pass over every cell on one engine, in this (child) process."""
+    llm = make_engine(model, SIDES[side], dtype)
+    run_once(llm, side, "key_heavy", 2, 2)  # warm-up: first-request costs are not measured
+    out = {}
+    for key, workload, batch in cells:
+        assert llm.reset_prefix_cache()
+        n = args.batch1_requests if batch == 1 else args.requests
+        out[key] = run_once(llm, side, workload, n, batch)
+    return out
+
+
+def run_in_child(side: str, argv: list[str]) -> dict[str, dict[str, Any]]:
+    """One side in a fresh process: engines built in one process are not equal (the one
+    built second ran ~8% slower per step for the same positions on a 2-core EPYC)."""
+    cmd = [sys.executable, __file__, *argv, "--child", side]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
+    line = next(x for x in done.stdout.splitlines() if x.startswith(CHILD_MARK))
+    return json.loads(line.removeprefix(CHILD_MARK))
+
+
 def _valid(workload: str, text: str) -> bool:
     import jsonschema
 
@@ -373,25 +403,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="native", help=DTYPE_HELP)
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="structured_side_by_side")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     model = resolve_model(args.model)
     sides = args.sides.split(",")
-    batches = [int(b) for b in args.batches.split(",")]
-    workloads = args.workloads.split(",")
+    cells = [
+        (f"{workload}, b={batch}", workload, batch)
+        for workload in args.workloads.split(",")
+        for batch in (int(b) for b in args.batches.split(","))
+    ]
     dtype = resolve_dtype(args.dtype)
-    engines = {side: make_engine(model, SIDES[side], dtype) for side in sides}
-    for side, llm in engines.items():  # warm-up: first-request costs are not measured
-        run_once(llm, side, "key_heavy", 2, 2)
-    runs: dict[str, dict[str, list[dict]]] = {}
-    for workload in workloads:
-        for batch in batches:
-            key = f"{workload}, b={batch}"
-            n = args.batch1_requests if batch == 1 else args.requests
-            runs[key] = {side: [] for side in sides}
-            for _ in range(args.repeats):
-                for side, llm in engines.items():
-                    assert llm.reset_prefix_cache()
-                    runs[key][side].append(run_once(llm, side, workload, n, batch))
+    if args.child:
+        print(CHILD_MARK + json.dumps(run_side(args.child, model, dtype, cells, args)))
+        return 0
+    runs: dict[str, dict[str, list[dict]]] = {key: {s: [] for s in sides} for key, _, _ in cells}
+    for _ in range(args.repeats):
+        for side in sides:
+            for key, result in run_in_child(side, sys.argv[1:] if argv is None else argv).items():
+                runs[key][side].append(result)
+        for key in runs:
             print(key, {s: round(r[-1]["requests_per_s"], 3) for s, r in runs[key].items()})
     summary = {
         key: {
