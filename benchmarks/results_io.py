@@ -1,10 +1,13 @@
-"""Where benchmark scripts write their committed results: one JSON and one markdown file."""
+"""Where benchmark scripts write their committed results (one JSON and one markdown file),
+and what they share: the machine, the dtype, one side per process."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,19 @@ def resolve_dtype(value: str) -> str:
     from radix_plugin.testing.cpu import native_dtype
 
     return native_dtype() if value == "native" else value
+
+
+def run_in_child(script: str, side: str, argv: list[str]) -> Any:
+    """Run ``script`` with the parent's arguments plus ``--child SIDE``; the child prints its
+    JSON as its last line and writes nothing. One process per side: engines built in one
+    process are not equal (the one built second ran ~8% slower per step for the same
+    positions on a 2-core EPYC)."""
+    cmd = [sys.executable, script, *argv, "--child", side]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 DTYPE_HELP = "native (bf16 where the CPU has it, else float32), auto (the model's), or a dtype"

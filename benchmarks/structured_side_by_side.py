@@ -36,13 +36,19 @@ import contextlib
 import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from results_io import DTYPE_HELP, machine, model_choices, resolve_dtype, write_results
+from results_io import (
+    DTYPE_HELP,
+    machine,
+    model_choices,
+    resolve_dtype,
+    run_in_child,
+    write_results,
+)
 
 KEY_HEAVY = {
     "type": "object",
@@ -283,9 +289,6 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
     }
 
 
-CHILD_MARK = "RESULT "
-
-
 def run_side(
     side: str, model: str, dtype: str, cells: list[tuple[str, str, int]], args: Any
 ) -> dict[str, dict[str, Any]]:
@@ -298,18 +301,6 @@ def run_side(
         n = args.batch1_requests if batch == 1 else args.requests
         out[key] = run_once(llm, side, workload, n, batch)
     return out
-
-
-def run_in_child(side: str, argv: list[str]) -> dict[str, dict[str, Any]]:
-    """One side in a fresh process: engines built in one process are not equal (the one
-    built second ran ~8% slower per step for the same positions on a 2-core EPYC)."""
-    cmd = [sys.executable, __file__, *argv, "--child", side]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
-    line = next(x for x in done.stdout.splitlines() if x.startswith(CHILD_MARK))
-    return json.loads(line.removeprefix(CHILD_MARK))
 
 
 def _valid(workload: str, text: str) -> bool:
@@ -352,7 +343,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             lines.append(
                 f"| {key} | {side} | {s['tokens_per_s']:.0f} | {s['chars_per_s']:.0f} | "
                 f"{s['requests_per_s']:.2f} | {s['steps_per_request']:.1f} | "
-                f"{s.get('positions_per_step', float('nan')):.1f} | "
+                f"{s['positions_per_step']:.1f} | "
                 f"{s['ms_per_step']:.1f}: {s['forward_ms_per_step']:.1f} + "
                 f"{s['sample_ms_per_step']:.1f} + {s['mask_ms_per_step']:.1f} + "
                 f"{s['drafts_ms_per_step']:.1f} + {s['other_ms_per_step']:.1f} | "
@@ -414,12 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     dtype = resolve_dtype(args.dtype)
     if args.child:
-        print(CHILD_MARK + json.dumps(run_side(args.child, model, dtype, cells, args)))
+        print(json.dumps(run_side(args.child, model, dtype, cells, args)))
         return 0
     runs: dict[str, dict[str, list[dict]]] = {key: {s: [] for s in sides} for key, _, _ in cells}
+    argv = sys.argv[1:] if argv is None else argv
     for _ in range(args.repeats):
         for side in sides:
-            for key, result in run_in_child(side, sys.argv[1:] if argv is None else argv).items():
+            for key, result in run_in_child(__file__, side, argv).items():
                 runs[key][side].append(result)
         for key in runs:
             print(key, {s: round(r[-1]["requests_per_s"], 3) for s, r in runs[key].items()})

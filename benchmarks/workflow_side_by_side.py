@@ -24,7 +24,6 @@ import dataclasses
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from results_io import (
     model_choices,
     resolve_dtype,
     result_name,
+    run_in_child,
     write_results,
 )
 
@@ -191,16 +191,6 @@ def run_side(side: str, args: argparse.Namespace, concurrencies: list[int]) -> d
     return {"results": out, "agent_prompt_tokens": [len(p) for p in prompts]}
 
 
-def run_in_child(side: str, argv: list[str]) -> dict[str, Any]:
-    """The parent's arguments plus ``--child``: a child prints its JSON and writes nothing."""
-    cmd = [sys.executable, __file__, *argv, "--child", side]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Per engine, one group of bars per concurrency: speed-up over vanilla and hit ratio."""
     import matplotlib
@@ -274,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     per_side = {}
     for side in sides:
         print(f"running {side} ...", file=sys.stderr, flush=True)
-        per_side[side] = run_in_child(side, argv)
+        per_side[side] = run_in_child(__file__, side, argv)
     prompts_tokens = next(iter(per_side.values()))["agent_prompt_tokens"]
     rows = [
         {
