@@ -87,36 +87,42 @@ def test_learned_gaps_make_a_silent_session_stale() -> None:
     assert _evicted_first(tree, {"old": ["o1", "o2"], "new": ["n1", "n2"]}) == "old"
 
 
-def test_it_ranks_like_lru_while_a_shadow_lru_hits_more() -> None:
-    """Tree-of-thought search is a workload where the density ranking loses to LRU: the
-    shadow LRU sees it and the policy switches to LRU ranking (the guarantee behind
-    'never worse than LRU'), ending within a few percent of LRU instead of far below."""
-    trace = generate("tree_of_thought", block_size=64, problems=40)
-    cap = int(footprint_blocks(trace, 64) * 0.05)
-    lru = run_policy("lru", trace, 64, cap).hit_ratio
-    unguarded = SessionPolicy(window=10**9)
-    guarded = SessionPolicy(window=200, lru_hold=200)
-    ratios = {}
-    for name, policy in (("unguarded", unguarded), ("guarded", guarded)):
-        driver = RadixDriver(cap, 64, policy)
-        on_arrival, on_admit = session_hints(driver, policy, None)
-        ratios[name] = replay(trace, driver, 64, 1, None, on_admit, on_arrival).hit_ratio
-    assert unguarded.lru_switches == 0 and ratios["unguarded"] < lru
-    assert guarded.lru_switches >= 1
-    assert ratios["guarded"] > ratios["unguarded"]
+def _replay_tot(policy: SessionPolicy, seed: int, share: float) -> tuple[int, int]:
+    """Hit tokens of ``policy`` (no hints) and of LRU on a 40-problem tree-of-thought trace."""
+    trace = generate("tree_of_thought", block_size=64, problems=40, seed=seed)
+    cap = int(footprint_blocks(trace, 64) * share)
+    driver = RadixDriver(cap, 64, policy)
+    on_arrival, on_admit = session_hints(driver, policy, None)
+    hits = replay(trace, driver, 64, 1, None, on_admit, on_arrival).hit_tokens
+    return hits, run_policy("lru", trace, 64, cap).hit_tokens
+
+
+def test_it_ranks_like_lru_until_the_density_ranking_leads() -> None:
+    """Tree-of-thought search at 5% capacity is a trace where the density ranking loses to
+    LRU; at 2% LRU thrashes and the density ranking wins by a third. The shadows see both:
+    the guarded policy stays with LRU in the first case and follows the density in the
+    second (the guarantee behind 'never worse than LRU', without giving up the gains)."""
+    unguarded, guarded = SessionPolicy(guard=False), SessionPolicy()
+    own, lru = _replay_tot(unguarded, 0, 0.05)
+    assert own < lru
+    kept, lru = _replay_tot(guarded, 0, 0.05)
+    assert guarded.lru_mode and kept >= lru > own
+    winner = SessionPolicy()
+    won, lru = _replay_tot(winner, 0, 0.02)
+    assert not winner.lru_mode and won > 1.2 * lru
 
 
 def test_no_hints_it_is_not_below_lru_on_tree_of_thought() -> None:
-    """Tree-of-thought turns come a few requests apart: keys frozen for 16 requests ranked
-    tails by ages long gone and lost ~1% of hits to LRU on every seed (the shadow LRU only
-    sees it late); re-keying at the pace of the learned gaps keeps it at LRU's level."""
-    lru_hits = session_hits = 0
-    for seed in range(10):
-        trace = generate("tree_of_thought", block_size=64, problems=40, seed=seed)
-        cap = int(footprint_blocks(trace, 64) * 0.05)
-        lru_hits += run_policy("lru", trace, 64, cap).hit_tokens
-        session_hits += run_policy("session", trace, 64, cap).hit_tokens
-    assert session_hits >= lru_hits * (1 - 0.003)
+    """Short tree-of-thought traces end before a learned ranking can be told from LRU by
+    its hits: the policy must not lose more than noise on any seed (it lost 4.5% on one
+    seed at 3% capacity with a guard that trusted the density ranking first)."""
+    for share in (0.03, 0.05):
+        total_own = total_lru = 0
+        for seed in range(10):
+            own, lru = _replay_tot(SessionPolicy(), seed, share)
+            assert own >= 0.99 * lru, (share, seed)
+            total_own, total_lru = total_own + own, total_lru + lru
+        assert total_own >= 0.998 * total_lru, share
 
 
 def test_a_promised_tail_outlives_a_silent_one_and_an_ended_one_goes_first() -> None:
@@ -139,7 +145,7 @@ def test_a_session_keeps_its_pace() -> None:
     """Conversations whose next turn came quickly come quickly again, slow ones slowly. Most
     conversations here are slow, so every-session gaps would keep the slow tail silent for
     longer (its turn is nearer); per-pace gaps keep the quick one, due any moment."""
-    tree, policy = _tree(rekey_every=1, window=10**9)  # no inserts here: keep the guard off
+    tree, policy = _tree(rekey_every=1, guard=False)  # the ranking itself
     fillers = iter(range(10**6))
 
     def silence(n: int) -> None:
@@ -188,7 +194,7 @@ def conversations(draw: st.DrawFn) -> list[tuple[str | None, list[str], bool | N
 def test_densities_are_bounded_and_ended_tails_go_first(
     requests: list[tuple[str | None, list[str], bool | None, int]], rekey_every: int
 ) -> None:
-    tree, policy = _tree(rekey_every=rekey_every, window=10**9)
+    tree, policy = _tree(rekey_every=rekey_every, guard=False)
     for i, (session, pages, end, evict) in enumerate(requests):
         _serve(tree, policy, f"r{i}", pages, session, end=end)
         tree.evict(min(evict, tree.evictable_blocks()))

@@ -26,11 +26,16 @@ its space by hits per unit of time it occupies).
   evicted first, least recently used first. Prefixes several sessions share are ranked by
   their own hit rate.
 
-Never worse than LRU beyond a bounded probe: a shadow LRU over the same page keys the tree
-caches (no KV, just the keys, sized like the cache once it fills) counts the hits LRU would
-get. When LRU beats the density ranking
-over a window of requests, the policy ranks like LRU for ``lru_hold`` requests and then
-probes the density ranking again.
+Never worse than LRU beyond noise: two key-only shadows of the cache (no KV, just the page
+keys, sized like the cache once it fills; ``shadow.py``) serve every request, one under LRU
+and one under the density ranking (an unguarded copy of this policy that learns from the
+same requests). The real cache ranks like LRU until the density shadow's lead in hits over
+the last ``window`` requests exceeds ``lru_z`` standard errors of the paired per-request
+differences, and goes back to LRU when LRU's lead does. A learned ranking needs hundreds of
+requests before it can be told from LRU; short traces or ones it does not learn (tree-of-
+thought search over 40 problems) stay at LRU's level, at twice the
+bookkeeping. What the client said needs no learning and counts in LRU mode too: a last
+turn's tail goes first, a promised one last.
 
 Keys depend on the current time, so the policy bumps ``version`` every ``rekey_every``
 requests, or sooner where sessions turn faster (every 1/32 of the stale horizon: a key
@@ -50,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from radix_plugin.core.hookspecs import hookimpl
 from radix_plugin.core.policies.base import EvictionPolicy
+from radix_plugin.core.policies.shadow import UNBOUNDED, ShadowLRU, ShadowTree
 
 if TYPE_CHECKING:
     from radix_plugin.core.radix_tree import RadixNode, RadixTree
@@ -140,8 +146,8 @@ class SessionPolicy(EvictionPolicy):
         max_sessions: int = 1 << 16,
         stale_quantile: float = 0.9,
         window: int = 500,
-        lru_hold: int = 2000,
-        lru_margin: float = 0.02,
+        lru_z: float = 2.0,
+        guard: bool = True,
     ) -> None:
         super().__init__()
         if rekey_every < 1:
@@ -153,13 +159,13 @@ class SessionPolicy(EvictionPolicy):
         self.rekey_every = rekey_every
         self.max_sessions = max_sessions
         self.stale_quantile = stale_quantile
-        if window < 1 or lru_hold < 1:
-            raise ValueError(f"window and lru_hold must be >= 1, got {window}, {lru_hold}")
-        if lru_margin < 0.0:
-            raise ValueError(f"lru_margin must be >= 0, got {lru_margin}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if lru_z <= 0.0:
+            raise ValueError(f"lru_z must be > 0, got {lru_z}")
         self.window = window
-        self.lru_hold = lru_hold
-        self.lru_margin = lru_margin
+        self.lru_z = lru_z
+        self.guard = guard
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -196,7 +202,8 @@ class SessionPolicy(EvictionPolicy):
                 self._ends.popitem(last=False)
         self._turn_of[request_id] = (key, state.turns)
         self._expire(now)
-        self._duel(pages)
+        if self.guard:
+            self._duel(request_id, session, pages, session_end)
         self._since_rekey += 1
         if self._since_rekey >= min(
             self.rekey_every, self._turn_gaps.horizon // _REKEYS_PER_HORIZON
@@ -250,49 +257,59 @@ class SessionPolicy(EvictionPolicy):
 
     def key(self, node: RadixNode) -> Any:
         if self.lru_mode:
-            return (0.0, node.last_access)
+            return (self._client_word(node), node.last_access)
         return (self.density(node), node.last_access)
 
-    def _duel(self, pages: Sequence[Hashable]) -> None:
-        """Shadow LRU over the request's pages; switch to LRU ranking while it wins."""
-        shadow, hit = self._shadow, 0
-        for page in pages:
-            if page not in shadow:
-                break
-            hit += 1
-        self._shadow_insert(pages)
-        # Decide on the requests both sides have counted: this one's own hits come later.
-        self._since_switch += 1
-        if self.lru_mode:
-            if self._since_switch >= self.lru_hold:
-                self._switch(lru=False)
-        elif self._lru_wins():
-            self._switch(lru=True)
+    def _client_word(self, node: RadixNode) -> int:
+        """What the client said about the tail, which needs no learning: a last turn's goes
+        first (0), a tail whose next turn was promised last (2), the rest by LRU (1)."""
+        tag = node.metadata.get(TURN_KEY)
+        state = self._sessions.get(tag[0]) if tag is not None else None
+        if state is None:
+            return 1
+        if state.ended:
+            return 0
+        return 2 if state.promised and tag[1] == state.turns else 1
+
+    def _duel(
+        self,
+        request_id: Hashable,
+        session: str | None,
+        pages: Sequence[Hashable],
+        session_end: bool | None,
+    ) -> None:
+        """Serve the request in both shadows; rank like the one that leads significantly,
+        like LRU until the density ranking does."""
+        learner, shadow = self._learner, self._shadow_own
+        assert learner is not None and shadow is not None
+        self._flush_paths(shadow)
+        lru_hit = self._shadow_lru.serve(pages)
+        learner.note_request(request_id, session, pages, session_end=session_end)
+        own_hit, node = shadow.serve(pages)
+        learner.tag(request_id, node)
+        learner.forget_request(request_id)
+        diff = own_hit - lru_hit
         decay = 1.0 - 1.0 / self.window
-        self._lru_score = self._lru_score * decay + hit
-        self._own_score *= decay
+        self._lead = self._lead * decay + diff
+        self._lead_var = self._lead_var * decay + diff * diff
+        margin = self.lru_z * math.sqrt(self._lead_var)
+        if self.lru_mode and self._lead > margin:
+            self._switch(lru=False)
+        elif not self.lru_mode and self._lead < -margin:
+            self._switch(lru=True)
 
-    def _lru_wins(self) -> bool:
-        """LRU beat us by ``lru_margin`` over a window, or by three times that over a quarter
-        of one (a large loss shows early; short traces must not wait a whole window)."""
-        n, lru, own = self._since_switch, self._lru_score, self._own_score
-        if n >= self.window:
-            return lru > (1.0 + self.lru_margin) * own
-        return n >= self.window // 4 and lru > (1.0 + 3 * self.lru_margin) * own
-
-    def _shadow_insert(self, pages: Sequence[Hashable]) -> None:
-        shadow = self._shadow
-        for page in pages:
-            shadow[page] = None
-            shadow.move_to_end(page)
-        while len(shadow) > self._shadow_capacity:
-            shadow.popitem(last=False)
+    def _flush_paths(self, shadow: ShadowTree) -> None:
+        """Paths the real tree cached since the last request (outputs included) reach the
+        shadows, each once, by its deepest node."""
+        for node in self._new_paths:
+            path = [p for n in reversed(list(node.path_to_root())) for p in n.pages]
+            self._shadow_lru.touch(path)
+            shadow.store(path)
+        self._new_paths.clear()
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
         self.lru_switches += lru
-        self._since_switch = 0
-        self._lru_score = self._own_score = 0.0
         self.version += 1
 
     def _live_density(self, state: _Session) -> float:
@@ -384,16 +401,26 @@ class SessionPolicy(EvictionPolicy):
     def _reuse_share(self, origin: str) -> float:
         return (self._reused.get(origin, 0) + 1) / (self._inserted.get(origin, 0) + 2)
 
+    def _learner_copy(self) -> SessionPolicy:
+        """The same ranking, unguarded, for the shadow tree."""
+        return SessionPolicy(
+            rekey_every=self.rekey_every,
+            max_sessions=self.max_sessions,
+            stale_quantile=self.stale_quantile,
+            guard=False,
+        )
+
     # --- tree events ----------------------------------------------------------------------
 
     def on_insert(self, node: RadixNode) -> None:
         node.metadata["born"] = self.requests
-        self._shadow_insert(node.pages)  # outputs take room in the shadow LRU too
+        if self.guard:  # the shadows take it at the next request, by its deepest node
+            self._new_paths.discard(node.parent)  # type: ignore[arg-type]
+            self._new_paths.add(node)
         origin = node.metadata.get("origin", "prompt")
         self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
 
     def on_hit(self, node: RadixNode) -> None:
-        self._own_score += node.num_blocks
         tag = node.metadata.get(TURN_KEY)
         if tag is None or tag[0] == SHARED:
             last = node.metadata.get(LAST_HIT_KEY, node.metadata.get("born"))
@@ -410,9 +437,12 @@ class SessionPolicy(EvictionPolicy):
             upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
 
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
-        if self.tree is not None:  # the cache is full: size the shadow LRU like it
-            self._full_at = max(self._full_at, self.tree.stats().cached_blocks)
-            self._shadow_capacity = self._full_at
+        shadow = self._shadow_own
+        if self.tree is not None and shadow is not None:  # full: size the shadows like it
+            cached = self.tree.stats().cached_blocks
+            if cached > shadow.capacity or shadow.capacity == UNBOUNDED:
+                self._shadow_lru.capacity = cached
+                shadow.resize(cached)
 
     def on_reset(self) -> None:
         self.requests = 0
@@ -428,13 +458,13 @@ class SessionPolicy(EvictionPolicy):
         self._silent = [0] * _TURN_CLASSES
         self._inserted: dict[str, int] = {}
         self._reused: dict[str, int] = {}
-        self.lru_mode = False
+        self.lru_mode = self.guard  # LRU until the density ranking leads significantly
         self.lru_switches = 0
-        self._shadow: OrderedDict[Hashable, None] = OrderedDict()
-        self._shadow_capacity = 1 << 30  # until the cache first fills
-        self._full_at = 0
-        self._lru_score = self._own_score = 0.0
-        self._since_switch = 0
+        self._new_paths: set[RadixNode] = set()
+        self._shadow_lru = ShadowLRU()
+        self._learner = self._learner_copy() if self.guard else None
+        self._shadow_own = ShadowTree(self._learner) if self._learner is not None else None
+        self._lead = self._lead_var = 0.0
         self._since_rekey = 0
 
 
