@@ -192,7 +192,8 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         "turn (true on the last). `simulated` is the trace simulator's hit ratio for the same "
         "trace and policy (same policy code, vLLM's own manager for vanilla). Each side runs "
         f"in its own process, {meta['repeats']} run(s) per side interleaved; the run with the "
-        "median requests/s (the lower one of an even count) is shown, every run's in the last column.",
+        "median requests/s (the lower one of an even count) is shown, every run's in the "
+        "last column.",
         "",
         "| engine | hit ratio | simulated | requests/s | prompt tok/s | throughput vs vanilla "
         "| greedy outputs = vanilla | requests/s of each run |",
