@@ -36,11 +36,11 @@ def traces(block_size: int) -> dict[str, Callable[[int], list[TraceRequest]]]:
 
 
 def compare(trace: list[TraceRequest], block_size: int, fraction: float) -> float:
-    """Session hits over LRU hits, minus one (prompt tokens)."""
+    """Session hits over LRU hits, minus one (prompt tokens; LRU's counted as at least 1)."""
     cap = max(4, int(footprint_blocks(trace, block_size) * fraction))
     lru = run_policy("lru", trace, block_size, cap).hit_tokens
     own = run_policy("session", trace, block_size, cap).hit_tokens
-    return own / lru - 1.0 if lru else 0.0
+    return own / max(lru, 1) - 1.0
 
 
 def sweep(block_size: int, seeds: int) -> list[dict]:
