@@ -309,7 +309,6 @@ class SessionPolicy(EvictionPolicy):
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
-        self.lru_switches += lru
         self.version += 1
 
     def _live_density(self, state: _Session) -> float:
@@ -415,8 +414,8 @@ class SessionPolicy(EvictionPolicy):
     def on_insert(self, node: RadixNode) -> None:
         node.metadata["born"] = self.requests
         if self.guard:  # the shadows take it at the next request, by its deepest node
-            self._new_paths.discard(node.parent)  # type: ignore[arg-type]
-            self._new_paths.add(node)
+            self._new_paths.pop(node.parent, None)  # type: ignore[arg-type]
+            self._new_paths[node] = None
         origin = node.metadata.get("origin", "prompt")
         self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
 
@@ -459,8 +458,7 @@ class SessionPolicy(EvictionPolicy):
         self._inserted: dict[str, int] = {}
         self._reused: dict[str, int] = {}
         self.lru_mode = self.guard  # LRU until the density ranking leads significantly
-        self.lru_switches = 0
-        self._new_paths: set[RadixNode] = set()
+        self._new_paths: dict[RadixNode, None] = {}  # insertion order: replays repeat
         self._shadow_lru = ShadowLRU()
         self._learner = self._learner_copy() if self.guard else None
         self._shadow_own = ShadowTree(self._learner) if self._learner is not None else None

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
 from radix_plugin.core.policies.base import EvictionPolicy
-from radix_plugin.core.radix_tree import RadixNode, RadixTree
+from radix_plugin.core.radix_tree import MatchResult, RadixNode, RadixTree
 
 UNBOUNDED = 1 << 62
 """Capacity of a shadow before the real cache first fills (nothing is evicted until then)."""
@@ -57,13 +57,15 @@ class ShadowTree:
     def serve(self, pages: Sequence[Hashable]) -> tuple[int, RadixNode]:
         """A request with prompt ``pages`` arrives: its cached prefix, in pages, and the node
         ending its prompt once cached."""
-        hit = len(self.tree.match_prefix(pages).blocks)
-        return hit, self.store(pages)
+        match = self.tree.match_prefix(pages)
+        return len(match.blocks), self._insert(pages, match)
 
     def store(self, pages: Sequence[Hashable]) -> RadixNode:
         """Cache a path (a prompt, or a prompt and its output), making room first."""
+        return self._insert(pages, self.tree.match_prefix(pages, touch=False))
+
+    def _insert(self, pages: Sequence[Hashable], match: MatchResult) -> RadixNode:
         tree = self.tree
-        match = tree.match_prefix(pages, touch=False)
         tree.lock(match.last_node)
         over = tree.stats().cached_blocks + len(pages) - len(match.blocks) - self.capacity
         if over > 0:
