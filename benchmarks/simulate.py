@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from radix_plugin.core.registry import UnknownPolicyError, eviction_policy_names
+from radix_plugin.cache_manager.core.registry import UnknownPolicyError, eviction_policy_names
 from radix_plugin.simulator.generators import WORKLOADS, generate
 from radix_plugin.simulator.replay import footprint_blocks, run_policy
 from radix_plugin.simulator.report import results_table

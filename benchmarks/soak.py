@@ -29,7 +29,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import machine, write_results
 
-from radix_plugin.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 from radix_plugin.testing.models import get_model_path
 from radix_plugin.testing.server import (
     free_port,

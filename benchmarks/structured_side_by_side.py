@@ -120,7 +120,7 @@ SIDES = {
     "vanilla_xgrammar": {"structured_outputs_config": XGRAMMAR},
     "plugin_masking": {
         "scheduler_cls": RADIX,
-        "logits_processors": ["radix_plugin.worker.logits.processor:RadixGrammarLogitsProcessor"],
+        "logits_processors": ["radix_plugin.logits.worker.processor:RadixGrammarLogitsProcessor"],
     },
     # One flag: no speculative config here, the plugin supplies it.
     "plugin_jump_forward": {"scheduler_cls": RADIX, "structured_outputs_config": XGRAMMAR},

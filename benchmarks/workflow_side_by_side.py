@@ -9,9 +9,10 @@ workflow eviction with an explicit Agent Step Graph and with tags alone (``_tags
 Every workflow calls the same agents in a fixed order (each agent has a large fixed prompt,
 followed by a short step-specific context); the KV pool holds only part of the agents'
 prompts, so which prefixes survive between calls decides how much is recomputed. Requests of
-the plugin engines carry the Agent Step Graph hints (``radix_plugin.core.workflow``); those of
-the ``_tags`` sides carry only ``radix_workflow`` and ``radix_agent`` (the scheduler learns the
-step order); vanilla vLLM ignores them. Reported: mean end-to-end workflow latency, hit ratio
+the plugin engines carry the Agent Step Graph hints
+(``radix_plugin.cache_manager.core.workflow``); those of the ``_tags`` sides carry only
+``radix_workflow`` and ``radix_agent`` (the scheduler learns the step order); vanilla vLLM
+ignores them. Reported: mean end-to-end workflow latency, hit ratio
 (device + host), throughput, ratios to vanilla. Each engine runs in its own child process
 (vLLM keeps the worker's KV connector in a process global, so two connector engines cannot
 share a process); the sides run one after another with the same prompts and engine settings.
@@ -43,7 +44,7 @@ MAX_MODEL_LEN = 8192
 BLOCK = 32
 HOST_TIER = {
     "kv_connector": "RadixHostTierConnector",
-    "kv_connector_module_path": "radix_plugin.host_tier",
+    "kv_connector_module_path": "radix_plugin.cache_manager.connector",
     "kv_role": "kv_both",
 }
 SIDES = {
@@ -118,7 +119,7 @@ def run(
     ``tags_only``: requests name their workflow and agent but send no ``radix_steps``."""
     from vllm import SamplingParams
 
-    from radix_plugin.core.workflow import AgentStepGraph
+    from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 
     agents = [f"agent{i}" for i in range(len(prompts))]
     graph = AgentStepGraph.from_steps(agents, loop=True)

@@ -123,7 +123,7 @@ def _child(mode: str, dtypes: list[str]) -> None:
     """Run one engine per dtype and print greedy tokens and kernel statistics as JSON lines."""
     stats: dict[str, int] = {}
     if mode == "triton":
-        import radix_plugin.worker.attention.backend as backend
+        import radix_plugin.kernels.attention.backend as backend
 
         real = backend.prefix_attention
 
@@ -154,7 +154,7 @@ def _child(mode: str, dtypes: list[str]) -> None:
     errors: list[tuple[float, int]] = []
     shadow: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if mode == "triton":
-        from radix_plugin.worker.attention.backend import RadixTritonAttentionImpl as impl_cls
+        from radix_plugin.kernels.attention.backend import RadixTritonAttentionImpl as impl_cls
     else:
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl as impl_cls
     original_forward = impl_cls.forward
@@ -276,7 +276,7 @@ def test_triton_backend_runs_every_batch_shape(
     assert "cpu_attn.CPUAttentionBackend" in baseline["cpu_attn_path"]
     assert (
         triton["cpu_attn_path"]
-        == "radix_plugin.worker.attention.backend.RadixTritonAttentionBackend"
+        == "radix_plugin.kernels.attention.backend.RadixTritonAttentionBackend"
     )
     stats = triton["stats"]
     # The Triton kernels really ran, on every batch shape this test is meant to cover.

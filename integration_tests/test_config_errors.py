@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from radix_plugin.core.config import RadixConfigError
+from radix_plugin.config import RadixConfigError
 from radix_plugin.testing.engine import cpu_llm_kwargs
 
 BAD = {"radix_plugin": {"eviction": "mru", "max_wait_steps": 0}}

@@ -17,7 +17,7 @@ from vllm import LLM, SamplingParams
 from vllm.config import KVTransferConfig
 from vllm.v1.request import RequestStatus
 
-from radix_plugin.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 from radix_plugin.testing.engine import drain, running_llm
 
 BLOCK = 32
@@ -25,7 +25,7 @@ NUM_BLOCKS = 80
 PROMPT_TOKENS = 1000  # 31 full blocks: three such prompts do not fit in the pool
 HOST_TIER = KVTransferConfig(
     kv_connector="RadixHostTierConnector",
-    kv_connector_module_path="radix_plugin.host_tier",
+    kv_connector_module_path="radix_plugin.cache_manager.connector",
     kv_role="kv_both",
 )
 

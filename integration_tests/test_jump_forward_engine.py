@@ -20,7 +20,7 @@ import pytest
 from vllm import LLM, SamplingParams
 from vllm.sampling_params import StructuredOutputsParams
 
-from radix_plugin.engine_core.jump_forward_drafts import NoDraftProposer
+from radix_plugin.logits.engine_core.jump_forward_drafts import NoDraftProposer
 from radix_plugin.testing.engine import cpu_llm_kwargs, shutdown_llm
 
 SCHEMA = {

@@ -19,7 +19,7 @@ import pytest
 from vllm import LLM, SamplingParams
 from vllm.config import KVEventsConfig, KVTransferConfig
 
-from radix_plugin.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 from radix_plugin.testing.engine import drain, running_llm
 from radix_plugin.testing.kv_events import (
     KVEventIndex,
@@ -37,7 +37,7 @@ HOST_TIER_GIB = 0.002  # 65 host slots: fewer than the blocks the traffic evicts
 TOPIC = "kv-events"
 HOST_TIER = KVTransferConfig(
     kv_connector="RadixHostTierConnector",
-    kv_connector_module_path="radix_plugin.host_tier",
+    kv_connector_module_path="radix_plugin.cache_manager.connector",
     kv_role="kv_both",
 )
 

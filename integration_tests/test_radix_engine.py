@@ -97,8 +97,8 @@ def _tokens(outputs: list[Any]) -> list[list[int]]:
 
 
 def test_plugin_scheduler_and_pool_are_in_charge(radix: LLM, vanilla: LLM) -> None:
-    from radix_plugin.engine_core.block_pool import RadixBlockPool
-    from radix_plugin.engine_core.scheduler import RadixSchedulerMixin
+    from radix_plugin.cache_manager.engine_core.block_pool import RadixBlockPool
+    from radix_plugin.cache_manager.engine_core.scheduler import RadixSchedulerMixin
 
     assert isinstance(_scheduler(radix), RadixSchedulerMixin)
     assert isinstance(_scheduler(radix).kv_cache_manager.block_pool, RadixBlockPool)
@@ -188,7 +188,7 @@ def test_aborted_requests_release_their_blocks(radix: LLM) -> None:
 
 @pytest.mark.parametrize("schedule", ["fcfs", "dfs", "lpm"])
 def test_every_schedule_gives_vanillas_tokens(radix: LLM, vanilla: LLM, schedule: str) -> None:
-    from radix_plugin.core.registry import make_ordering
+    from radix_plugin.cache_manager.core.registry import make_ordering
 
     prompts = _shared_prefix_batch(seed=9, groups=3, per_group=3, prefix_words=60)
     expected = _tokens(vanilla.generate(prompts, GREEDY, use_tqdm=False))
@@ -215,7 +215,7 @@ def test_every_schedule_gives_vanillas_tokens(radix: LLM, vanilla: LLM, schedule
     ],
 )
 def test_bad_config_fails_at_start_with_clear_message(section: dict, message: str) -> None:
-    from radix_plugin.core.config import RadixConfigError
+    from radix_plugin.config import RadixConfigError
 
     with pytest.raises(RadixConfigError, match=message):
         LLM(

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import pytest
 from test_serve import _get, _metric, _post, serve_for_module
 
-from radix_plugin.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 from radix_plugin.testing.models import get_model_path
 from radix_plugin.testing.server import free_port, server_command
 
 HOST_TIER = {
     "kv_connector": "RadixHostTierConnector",
-    "kv_connector_module_path": "radix_plugin.host_tier",
+    "kv_connector_module_path": "radix_plugin.cache_manager.connector",
     "kv_role": "kv_both",
 }
 

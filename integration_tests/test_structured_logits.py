@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.engine
 
-FQCN = "radix_plugin.worker.logits:RadixGrammarLogitsProcessor"
+FQCN = "radix_plugin.logits:RadixGrammarLogitsProcessor"
 MAX_TOKENS = 160
 
 SCHEMAS: list[dict[str, Any]] = [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from vllm import LLM, SamplingParams
 
-from radix_plugin.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 from radix_plugin.testing.engine import running_llm
 
 BLOCK = 32

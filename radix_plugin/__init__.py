@@ -1,27 +1,20 @@
 """radix-plugin: SGLang-style radix prefix caching, cache-aware scheduling, compressed-FSM
 structured decoding and KVFlow-style workflow-aware eviction for vLLM.
 
-Importing this package is cheap and never imports vLLM; the engine-side classes are loaded
-lazily so that `--scheduler-cls radix_plugin.RadixScheduler` resolves without pulling vLLM into
-processes that do not need it.
+Three components, as the design card names them: ``cache_manager`` (the radix-tree prefix
+cache and its scheduler), ``logits`` (compressed-FSM structured decoding) and ``kernels``
+(Triton prefix-attention kernels). Importing this package is cheap and never imports vLLM:
+``--scheduler-cls radix_plugin.RadixScheduler`` resolves the scheduler on first use.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from radix_plugin.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "RadixScheduler": "radix_plugin.engine_core.scheduler",
-    "RadixAsyncScheduler": "radix_plugin.engine_core.scheduler",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'radix_plugin' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module_name), name)
+__all__ = lazy_exports(
+    __name__,
+    {
+        "RadixScheduler": "radix_plugin.cache_manager.engine_core.scheduler",
+        "RadixAsyncScheduler": "radix_plugin.cache_manager.engine_core.scheduler",
+    },
+)

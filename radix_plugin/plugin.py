@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
+from radix_plugin.config import JUMP_FORWARD_PROPOSER
 
 _registered = False
 
@@ -37,14 +37,14 @@ def register() -> None:
         install_engine_args_check,
         vllm_version_allowed,
     )
-    from radix_plugin.core.config import check_plugin_config
+    from radix_plugin.config import check_plugin_config
 
     if vllm_version_allowed():  # every patch below was read from a supported vLLM
         install_default_speculative_config(jump_forward_speculative_config)
         install_engine_args_check(check_plugin_config)
         allow_plain_sampling_with_drafts(jump_forward_only)
 
-    from radix_plugin.worker.attention.registration import register_attention_backends
+    from radix_plugin.kernels.attention.registration import register_attention_backends
 
     register_attention_backends()  # CUSTOM backend; CPU override only if opted in via env
 
@@ -92,7 +92,7 @@ def _names_radix_scheduler(scheduler_cls: Any) -> bool:
             scheduler_cls = resolve_obj_by_qualname(scheduler_cls)
         except Exception:  # vLLM reports a bad class name itself, later
             return False
-    from radix_plugin.engine_core.scheduler import RadixScheduler
+    from radix_plugin.cache_manager.engine_core.scheduler import RadixScheduler
 
     return isinstance(scheduler_cls, type) and issubclass(scheduler_cls, RadixScheduler)
 

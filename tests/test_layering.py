@@ -1,14 +1,21 @@
-"""The package layout is the architecture: these checks fail CI when code crosses a layer.
+"""The package layout is the architecture: these checks fail CI when code crosses a floor.
 
-- ``radix_plugin.core`` imports with vLLM, torch, xgrammar and Triton made unimportable.
-- Each process package imports only the layers below it (every ``import``, including the
-  lazy ones inside functions): an EngineCore module never imports worker code, and so on.
+Components come first (``cache_manager``, ``logits``, ``kernels``, then ``api_server``), and
+inside each the vLLM process floors stay visible: a ``core/`` folder is pure, and one folder
+per process that runs the code (``engine_core/``, ``worker/``). ``FLOORS`` maps every module
+to its floor; ``MAY_IMPORT`` says which floors each may import, by every ``import`` in the
+file (the lazy ones inside functions included, ``TYPE_CHECKING`` blocks excluded); and
+``BANNED`` which third-party packages it must not import.
+
+- Pure modules import with vLLM, torch, xgrammar and Triton made unimportable.
+- No import cycle among the plugin's modules (lazy imports count).
 - Only ``radix_plugin.compat`` touches vLLM's private names or rebinds vLLM attributes.
 """
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib
 import subprocess
 import sys
@@ -20,78 +27,208 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "radix_plugin"
 
-ALLOWED: dict[str, set[str]] = {
-    "core": {"core"},
-    "grammar": {"core", "grammar"},
-    "api_server": {"core", "grammar", "compat", "api_server"},
+FLOORS: tuple[tuple[str, str], ...] = (
+    ("compat.py", "compat"),
+    ("plugin.py", "plugin"),
+    ("__init__.py", "pure"),
+    ("lazy_exports.py", "pure"),
+    ("config.py", "pure"),
+    ("xargs.py", "pure"),
+    ("plugin_allowlist.py", "pure"),
+    ("cache_manager/__init__.py", "pure"),
+    ("logits/__init__.py", "pure"),
+    ("kernels/__init__.py", "pure"),
+    ("*/core/*", "pure"),
+    ("logits/grammar/*", "grammar"),
+    ("kernels/attention/*", "worker"),
+    ("kernels/*", "kernels"),
+    ("*/engine_core/*", "engine_core"),
+    ("*/worker/*", "worker"),
+    ("cache_manager/connector/metadata.py", "connector_wire"),
+    ("cache_manager/connector/*", "connector"),
+    ("api_server/*", "api_server"),
+    ("simulator/*", "simulator"),
+    ("testing/*", "testing"),
+)
+"""Module path (relative to the package; ``*`` crosses folders) -> floor; first match wins.
+The component ``__init__`` files only name their public names lazily, so they are pure."""
+
+MAY_IMPORT: dict[str, set[str]] = {
+    "pure": {"pure"},
+    "grammar": {"pure", "grammar"},
+    "kernels": {"pure", "kernels"},
+    "engine_core": {"pure", "grammar", "compat", "engine_core", "connector_wire"},
+    "worker": {"pure", "grammar", "kernels", "worker", "api_server", "connector_wire"},
+    "api_server": {"pure", "grammar", "compat", "api_server"},
+    "connector_wire": {"pure", "connector_wire"},
+    "connector": {"pure", "compat", "connector", "connector_wire", "engine_core", "worker"},
     "compat": set(),
-    "engine_core": {"core", "grammar", "compat", "engine_core", "host_tier.metadata"},
-    "worker": {"core", "grammar", "api_server", "worker", "host_tier.metadata"},
-    "host_tier": {"core", "compat", "host_tier", "host_tier.metadata", "engine_core", "worker"},
-    "simulator": {"core", "engine_core", "simulator"},
-    "testing": {"testing"},
+    "plugin": {"pure", "compat", "engine_core", "worker"},
+    "simulator": {"pure", "engine_core", "simulator"},
+    "testing": {"pure", "testing"},
 }
-"""Layer -> the plugin layers it may import. ``host_tier`` is the KV connector vLLM builds
-in both EngineCore and the workers; each role imports its own side. The worker's logits
-processor class is also loaded by the API server, which calls its ``validate_params``; the
-API server's stat logger reads what the scheduler put in vLLM's stats through ``compat``."""
+"""Floor -> the plugin floors it may import. The connector is built by vLLM in EngineCore
+and in the workers, each role importing its own side lazily; ``metadata.py`` is the per-step
+message both sides share. The worker's logits processor class is also loaded by the API
+server, which calls its ``validate_params`` (the API server's validation)."""
+
+BANNED: dict[str, set[str]] = {
+    "pure": {"vllm", "torch", "xgrammar", "triton"},
+    "grammar": {"vllm", "torch", "triton"},
+    "kernels": {"vllm"},
+}
+"""Floor -> third-party packages its modules must not import."""
 
 
 def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def _layer(path: Path) -> str:
-    rel = path.relative_to(PACKAGE)
-    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem != "__init__" else ""
+def _rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
 
 
-def _imported_modules(tree: ast.AST, path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports, anywhere in the file."""
-    names: set[str] = set()
-    package = ".".join(("radix_plugin", *path.relative_to(PACKAGE).with_suffix("").parts))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level)[0]
-                base = f"{parent}.{base}" if base else parent
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+def _floor(path: Path) -> str:
+    rel = _rel(path)
+    for pattern, floor in FLOORS:
+        if fnmatch.fnmatchcase(rel, pattern):
+            return floor
+    raise AssertionError(f"{rel}: no floor in FLOORS; add it")
 
 
-def _plugin_layers(names: set[str]) -> set[str]:
-    """``radix_plugin.engine_core.scheduler`` -> ``engine_core``; the host tier's wire
-    format keeps its module name, because both process sides may use it."""
-    out = set()
-    for name in names:
-        parts = name.split(".")
-        if parts[0] != "radix_plugin" or len(parts) < 2:
-            continue
-        if parts[1:3] == ["host_tier", "metadata"]:
-            out.add("host_tier.metadata")
-        elif (PACKAGE / parts[1]).is_dir() or (PACKAGE / f"{parts[1]}.py").is_file():
-            out.add(parts[1])
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("radix_plugin", *parts))
+
+
+@cache
+def _module_paths() -> dict[str, Path]:
+    return {_module_name(p): p for p in _modules()}
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node outside ``if TYPE_CHECKING:`` blocks."""
+    out: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
     return out
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_module_imports_only_lower_layers(path: Path) -> None:
-    layer = _layer(path)
-    if layer in ("", "plugin"):
-        return  # the package root and the entry point may wire any layer
-    assert layer in ALLOWED, f"{path}: new top-level layer {layer!r}; add it to ALLOWED"
-    used = _plugin_layers(_imported_modules(ast.parse(path.read_text()), path))
-    assert used <= ALLOWED[layer], f"{path} ({layer}) imports {sorted(used - ALLOWED[layer])}"
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(plugin modules, third-party top-level packages) ``path`` imports at run time."""
+    own, third = set(), set()
+    known = _module_paths()
+    package = _module_name(path)
+    if path.name != "__init__.py":
+        package = package.rsplit(".", 1)[0]
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            # ``from pkg import sub`` imports the submodule; ``from mod import name`` the module
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
+        else:
+            continue
+        for name in targets:
+            top = name.split(".")[0]
+            if top != "radix_plugin":
+                third.add(top)
+                continue
+            while name not in known and "." in name:
+                name = name.rsplit(".", 1)[0]
+            own.add(name)
+    return own, third
 
 
-def test_core_imports_without_vllm_torch_xgrammar_triton() -> None:
+@pytest.mark.parametrize("path", _modules(), ids=_rel)
+def test_module_imports_only_floors_it_may(path: Path) -> None:
+    floor = _floor(path)
+    own, third = _imports(path)
+    paths = _module_paths()
+    crossing = sorted(
+        f"{name} ({_floor(paths[name])})"
+        for name in own - {"radix_plugin"}
+        if _floor(paths[name]) not in MAY_IMPORT[floor] | {floor}
+    )
+    assert not crossing, f"{_rel(path)} ({floor}) imports {crossing}"
+    banned = sorted(third & BANNED.get(floor, set()))
+    assert not banned, f"{_rel(path)} ({floor}) imports {banned}"
+
+
+def test_no_import_cycles() -> None:
+    """Tarjan's strongly connected components over the plugin's import graph."""
+    graph = {name: sorted(_imports(path)[0] - {name}) for name, path in _module_paths().items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_every_floor_folder_is_visible_in_the_tree() -> None:
+    """Each component shows its pure floor and the processes that run it."""
+    for folder in (
+        "cache_manager/core",
+        "cache_manager/engine_core",
+        "cache_manager/worker",
+        "cache_manager/connector",
+        "logits/core",
+        "logits/grammar",
+        "logits/engine_core",
+        "logits/worker",
+        "kernels/attention",
+        "api_server/core",
+    ):
+        assert (PACKAGE / folder / "__init__.py").is_file(), folder
+
+
+def test_pure_modules_import_without_vllm_torch_xgrammar_triton() -> None:
+    pure = sorted(_module_name(p) for p in _modules() if _floor(p) == "pure")
     script = textwrap.dedent(
         """
-        import importlib, importlib.abc, pkgutil, sys
+        import importlib, importlib.abc, sys
 
         BLOCKED = ("vllm", "torch", "xgrammar", "triton")
 
@@ -102,25 +239,23 @@ def test_core_imports_without_vllm_torch_xgrammar_triton() -> None:
                 return None
 
         sys.meta_path.insert(0, Block())
-        import radix_plugin.core as core
-
-        names = [m.name for m in pkgutil.walk_packages(core.__path__, "radix_plugin.core.")]
-        for name in names:
+        for name in sys.argv[1:]:
             importlib.import_module(name)
-        from radix_plugin.core.registry import make_eviction_policy, make_ordering
+        from radix_plugin.cache_manager import RadixTree, make_eviction_policy, make_ordering
 
         make_eviction_policy("workflow")
         make_ordering("dfs")
+        RadixTree(block_size=16)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not leaked, leaked
-        print(len(names))
+        print(len(sys.argv) - 1)
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *pure], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.strip()) >= 10  # every core module was imported
+    assert int(done.stdout.strip()) == len(pure) >= 30
 
 
 @cache
@@ -193,7 +328,7 @@ def _vllm_bindings(tree: ast.AST) -> set[str]:
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_only_compat_uses_vllm_private_names_or_patches(path: Path) -> None:
-    if path.name == "compat.py" or _layer(path) == "testing":
+    if path.name == "compat.py" or _floor(path) == "testing":
         return
     tree = ast.parse(path.read_text())
     foreign = _vllm_private_names() - _own_private_names()

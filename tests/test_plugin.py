@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from radix_plugin import plugin
-from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
-from radix_plugin.engine_core.jump_forward_drafts import NoDraftProposer
-from radix_plugin.engine_core.scheduler import RadixScheduler
+from radix_plugin.cache_manager.engine_core.scheduler import RadixScheduler
+from radix_plugin.config import JUMP_FORWARD_PROPOSER
+from radix_plugin.logits.engine_core.jump_forward_drafts import NoDraftProposer
 
 
 def _args(**kw: Any) -> SimpleNamespace:

@@ -17,7 +17,7 @@ What it does, in order:
 4. Reports TFLOP/s, GB/s, fraction of roofline and speed-up over SDPA; writes
    attention_<device>.json and attention_<device>.md under --out.
 
-`--sweep` additionally times the tile candidates of `radix_plugin.worker.kernels.configs` per case,
+`--sweep` additionally times the tile candidates of `radix_plugin.kernels.configs` per case,
 to re-derive the heuristics from measurements. `--smoke` runs the whole pipeline on CPU under
 the Triton interpreter with toy shapes (timings meaningless) to check the script itself.
 
@@ -239,8 +239,8 @@ def verify_small_grid(device: torch.device, smoke: bool) -> list[str]:
 
     (--smoke keeps only the two cases small enough for the interpreter.)
     """
-    from radix_plugin.worker.kernels.prefix_attention import prefix_attention
-    from radix_plugin.worker.kernels.reference import prefix_attention_ref
+    from radix_plugin.kernels.prefix_attention import prefix_attention
+    from radix_plugin.kernels.reference import prefix_attention_ref
 
     failures = []
     grid = [
@@ -309,8 +309,8 @@ def run_case(
     case: Case, args: argparse.Namespace, device: torch.device, roof: dict[str, float]
 ) -> None:
     """Verify then time one case; fills case.results."""
-    from radix_plugin.worker.kernels.configs import DECODE_CANDIDATES, EXTEND_CANDIDATES
-    from radix_plugin.worker.kernels.prefix_attention import prefix_attention
+    from radix_plugin.kernels.configs import DECODE_CANDIDATES, EXTEND_CANDIDATES
+    from radix_plugin.kernels.prefix_attention import prefix_attention
 
     timer = _timer(args.smoke)
     p = build_uniform(case.batch, case.prefix, case.new, args.page, device, DTYPE)
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"  # before radix_plugin.worker.kernels is imported
+        os.environ["TRITON_INTERPRET"] = "1"  # before radix_plugin.kernels is imported
         device = torch.device("cpu")
     else:
         if not torch.cuda.is_available():
@@ -443,12 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda")
     import triton
 
-    from radix_plugin.worker.kernels import _utils
+    from radix_plugin.kernels import _utils
 
     if args.smoke and not _utils.INTERPRET:
-        return _fail(
-            "--smoke needs radix_plugin.worker.kernels imported under TRITON_INTERPRET=1", 2
-        )
+        return _fail("--smoke needs radix_plugin.kernels imported under TRITON_INTERPRET=1", 2)
 
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-smoke",

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from radix_plugin.core.radix_tree import Page, RadixTree
-from radix_plugin.core.registry import make_eviction_policy
+from radix_plugin.cache_manager.core.radix_tree import Page, RadixTree
+from radix_plugin.cache_manager.core.registry import make_eviction_policy
 
 BLOCK_SIZE = 16
 VOCAB = 32_000

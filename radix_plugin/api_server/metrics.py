@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import Gauge
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
+from radix_plugin.cache_manager.core.pin_stats import METRICS
 from radix_plugin.compat import take_pin_stats
-from radix_plugin.core.pin_stats import METRICS
 
 LABELS = ["model_name", "engine"]
 _GAUGES: dict[str, Gauge] = {}

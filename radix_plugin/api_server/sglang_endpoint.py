@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vllm import SamplingParams
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
+from radix_plugin.api_server.core.sglang_request import SglRequestError, parse_generate
 from radix_plugin.api_server.sglang_generate import SglGenerator
 from radix_plugin.api_server.sglang_sampling import EngineLimits, prefill_pin_ttl_from_env
-from radix_plugin.core.plugin_allowlist import SGLANG_ENDPOINT_PLUGIN, check_allowlist
-from radix_plugin.core.sglang_request import SglRequestError, parse_generate
+from radix_plugin.plugin_allowlist import SGLANG_ENDPOINT_PLUGIN, check_allowlist
 
 HEALTH_TIMEOUT_S = 30.0
 MAX_BODY_BYTES = 64 * 1024 * 1024

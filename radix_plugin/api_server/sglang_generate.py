@@ -17,9 +17,9 @@ from typing import Any
 from vllm.outputs import RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 
+from radix_plugin.api_server.core.sglang_request import SglGenerate, SglRequestError
 from radix_plugin.api_server.sglang_output import ItemState, response
 from radix_plugin.api_server.sglang_sampling import EngineLimits, Plan, plan_item
-from radix_plugin.core.sglang_request import SglGenerate, SglRequestError
 
 
 @dataclass

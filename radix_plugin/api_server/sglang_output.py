@@ -17,7 +17,7 @@ from typing import Any
 
 from vllm.outputs import RequestOutput
 
-from radix_plugin.core.sglang_request import SglItem
+from radix_plugin.api_server.core.sglang_request import SglItem
 
 Decode = Callable[[list[int]], list[str]]
 """Token ids -> one text per id (the tokenizer's ``batch_decode`` of single ids)."""

@@ -27,16 +27,22 @@ from typing import Any
 from vllm import SamplingParams
 from vllm.sampling_params import StructuredOutputsParams
 
-from radix_plugin.core.grammar_spec import (
+from radix_plugin.api_server.core.sglang_request import SglItem, SglRequestError
+from radix_plugin.cache_manager.core.hints import (
+    XARG_PIN,
+    XARG_PIN_TTL,
+    XARG_UNPIN,
+    HintError,
+    parse_hints,
+)
+from radix_plugin.logits.core.grammar_spec import (
     XARG_EBNF,
     XARG_JSON_SCHEMA,
     XARG_REGEX,
     GrammarSpecError,
     parse_grammar_spec,
 )
-from radix_plugin.core.hints import XARG_PIN, XARG_PIN_TTL, XARG_UNPIN, HintError, parse_hints
-from radix_plugin.core.sglang_request import SglItem, SglRequestError
-from radix_plugin.grammar.builder import build_grammar
+from radix_plugin.logits.grammar.builder import build_grammar
 
 PREFILL_PIN_TTL_ENV = "RADIX_SGLANG_PREFILL_PIN_TTL_S"
 DEFAULT_PREFILL_PIN_TTL_S = 10.0

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radix_plugin.core.grammar_spec import GrammarSpecError, parse_grammar_spec
-from radix_plugin.core.hints import parse_hints
-from radix_plugin.core.jump_forward_mode import request_mode
-from radix_plugin.grammar.builder import build_grammar
+from radix_plugin.cache_manager.core.hints import parse_hints
+from radix_plugin.logits.core.grammar_spec import GrammarSpecError, parse_grammar_spec
+from radix_plugin.logits.core.jump_forward_mode import request_mode
+from radix_plugin.logits.grammar.builder import build_grammar
 
 if TYPE_CHECKING:
     from vllm import SamplingParams

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from radix_plugin.core.policies.base import EvictionPolicy
-from radix_plugin.core.radix_tree import Page, RadixNode, RadixTree
+from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
+from radix_plugin.cache_manager.core.radix_tree import Page, RadixNode, RadixTree
 from radix_plugin.simulator.tokens import TokenSynthesizer
 from radix_plugin.simulator.trace import TraceRequest
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from radix_plugin.core.policies.builtin import BeladyPolicy
-from radix_plugin.core.policies.session import SessionPolicy
-from radix_plugin.core.policies.workflow import WorkflowPolicy, tag_agent
-from radix_plugin.core.radix_tree import RadixNode
-from radix_plugin.core.registry import make_eviction_policy
-from radix_plugin.core.workflow import AgentStepGraph, WorkflowTracker
+from radix_plugin.cache_manager.core.policies.builtin import BeladyPolicy
+from radix_plugin.cache_manager.core.policies.session import SessionPolicy
+from radix_plugin.cache_manager.core.policies.workflow import WorkflowPolicy, tag_agent
+from radix_plugin.cache_manager.core.radix_tree import RadixNode
+from radix_plugin.cache_manager.core.registry import make_eviction_policy
+from radix_plugin.cache_manager.core.workflow import AgentStepGraph, WorkflowTracker
 from radix_plugin.simulator.drivers import CacheDriver, RadixDriver, VllmDriver, request_pages
 from radix_plugin.simulator.sessions import ClientHints
 from radix_plugin.simulator.trace import TraceRequest

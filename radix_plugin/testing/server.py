@@ -68,7 +68,7 @@ def server_env() -> dict[str, str]:
 
 
 SGLANG_VLLM_PLUGINS = "radix_plugin,radix_pins,radix_sglang"
-"""`radix_plugin.core.plugin_allowlist.RECOMMENDED_VALUE` (tests check they agree)."""
+"""`radix_plugin.plugin_allowlist.RECOMMENDED_VALUE` (tests check they agree)."""
 
 
 def sglang_endpoint_env() -> dict[str, str]:
@@ -140,7 +140,7 @@ def full_plugin_flags(max_num_seqs: int = 8, num_speculative_tokens: int = 8) ->
         json.dumps(
             {
                 "kv_connector": "RadixHostTierConnector",
-                "kv_connector_module_path": "radix_plugin.host_tier",
+                "kv_connector_module_path": "radix_plugin.cache_manager.connector",
                 "kv_role": "kv_both",
             }
         ),
@@ -149,7 +149,7 @@ def full_plugin_flags(max_num_seqs: int = 8, num_speculative_tokens: int = 8) ->
             {
                 "method": "custom_class",
                 "num_speculative_tokens": num_speculative_tokens,
-                "model": "radix_plugin.engine_core.jump_forward_drafts.NoDraftProposer",
+                "model": "radix_plugin.logits.engine_core.jump_forward_drafts.NoDraftProposer",
             }
         ),
     ]

@@ -20,28 +20,25 @@ import pytest
 import torch
 
 _KERNEL_MODULES = (
-    "radix_plugin.worker.kernels._utils",
-    "radix_plugin.worker.kernels._tl_helpers",
-    "radix_plugin.worker.kernels.configs",
-    "radix_plugin.worker.kernels.reference",
-    "radix_plugin.worker.kernels.split_merge",
-    "radix_plugin.worker.kernels.decode_attention",
-    "radix_plugin.worker.kernels.prefix_attention",
-    "radix_plugin.worker.kernels.kv_cache_write",
-    "radix_plugin.worker.kernels.token_bitmask",
+    "radix_plugin.kernels._utils",
+    "radix_plugin.kernels._tl_helpers",
+    "radix_plugin.kernels.configs",
+    "radix_plugin.kernels.reference",
+    "radix_plugin.kernels.split_merge",
+    "radix_plugin.kernels.decode_attention",
+    "radix_plugin.kernels.prefix_attention",
+    "radix_plugin.kernels.kv_cache_write",
+    "radix_plugin.kernels.token_bitmask",
 )
 
-if (
-    "radix_plugin.worker.kernels._utils" in sys.modules
-    and not sys.modules[_KERNEL_MODULES[0]].INTERPRET
-):
+if "radix_plugin.kernels._utils" in sys.modules and not sys.modules[_KERNEL_MODULES[0]].INTERPRET:
     for _name in _KERNEL_MODULES:
         if _name in sys.modules:
             importlib.reload(sys.modules[_name])
 
-from radix_plugin.worker.kernels import _utils  # noqa: E402
+from radix_plugin.kernels import _utils  # noqa: E402
 
-assert _utils.INTERPRET, "TRITON_INTERPRET=1 did not take effect for radix_plugin.worker.kernels"
+assert _utils.INTERPRET, "TRITON_INTERPRET=1 did not take effect for radix_plugin.kernels"
 
 
 @dataclass
@@ -131,7 +128,7 @@ def rel_err() -> Callable[[torch.Tensor, torch.Tensor], float]:
 def nan_split_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Split-KV scratch starts as NaN instead of whatever torch.empty returns, so a merge that
     consumed a partial no program wrote fails deterministically."""
-    from radix_plugin.worker.kernels import split_merge
+    from radix_plugin.kernels import split_merge
 
     def alloc(
         rows: int, num_heads: int, num_splits: int, head_dim: int, device: torch.device

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from radix_plugin.worker.attention import registration
-from radix_plugin.worker.kernels.reference import prefix_attention_ref
+from radix_plugin.kernels.attention import registration
+from radix_plugin.kernels.reference import prefix_attention_ref
 
-BACKEND = "radix_plugin.worker.attention.backend.RadixTritonAttentionBackend"
+BACKEND = "radix_plugin.kernels.attention.backend.RadixTritonAttentionBackend"
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_custom_claimed_by_someone_else_is_left_alone(clean_registry: Any) -> No
      {"kv_cache_dtype": "fp8"}, {"attn_type": "encoder_only"}],
 )  # fmt: skip
 def test_impl_refuses_unsupported_features(kwargs: dict[str, Any]) -> None:
-    from radix_plugin.worker.attention.backend import RadixTritonAttentionImpl
+    from radix_plugin.kernels.attention.backend import RadixTritonAttentionImpl
 
     with pytest.raises(NotImplementedError, match="does not support"):
         RadixTritonAttentionImpl(4, 64, 0.125, 2, **kwargs)
@@ -84,7 +84,7 @@ def test_impl_refuses_unsupported_features(kwargs: dict[str, Any]) -> None:
 def test_write_and_forward_with_vllm_metadata(layout: str, rel_err: Any) -> None:
     from vllm.v1.attention.backend import CommonAttentionMetadata
 
-    from radix_plugin.worker.attention.backend import (
+    from radix_plugin.kernels.attention.backend import (
         RadixTritonAttentionImpl,
         RadixTritonMetadataBuilder,
     )

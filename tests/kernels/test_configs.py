@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radix_plugin.worker.kernels import configs
+from radix_plugin.kernels import configs
 
 H100_SMS = 132
 

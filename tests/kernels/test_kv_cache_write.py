@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radix_plugin.worker.kernels.kv_cache_write import write_kv_cache
-from radix_plugin.worker.kernels.reference import write_kv_cache_ref
+from radix_plugin.kernels.kv_cache_write import write_kv_cache
+from radix_plugin.kernels.reference import write_kv_cache_ref
 
 
 def _vllm_views(

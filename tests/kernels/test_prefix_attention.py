@@ -14,9 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radix_plugin.worker.kernels.configs import DecodeConfig, ExtendConfig
-from radix_plugin.worker.kernels.prefix_attention import extend_attention, prefix_attention
-from radix_plugin.worker.kernels.reference import prefix_attention_ref
+from radix_plugin.kernels.configs import DecodeConfig, ExtendConfig
+from radix_plugin.kernels.prefix_attention import extend_attention, prefix_attention
+from radix_plugin.kernels.reference import prefix_attention_ref
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 TOLERANCE = {F32: 1e-4, BF16: 1e-2, F16: 1e-3}

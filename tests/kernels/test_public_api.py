@@ -1,4 +1,4 @@
-"""Every public name of `radix_plugin.worker.kernels` is the function its docstring describes, not
+"""Every public name of `radix_plugin.kernels` is the function its docstring describes, not
 the submodule of the same name, however the submodules were imported before."""
 
 from __future__ import annotations
@@ -8,22 +8,22 @@ import inspect
 
 import pytest
 
-import radix_plugin.worker.kernels as kernels
-import radix_plugin.worker.kernels.decode_attention
-import radix_plugin.worker.kernels.prefix_attention  # binds nothing on the package (see its doc)
+import radix_plugin.kernels as kernels
+import radix_plugin.kernels.decode_attention
+import radix_plugin.kernels.prefix_attention  # binds nothing on the package (see its doc)
 
 # name -> (defining module, a phrase its docstring must contain)
 PUBLIC = {
-    "prefix_attention": ("radix_plugin.worker.kernels.prefix_attention", "attention"),
+    "prefix_attention": ("radix_plugin.kernels.prefix_attention", "attention"),
     "decode_attention": (
-        "radix_plugin.worker.kernels.decode_attention",
+        "radix_plugin.kernels.decode_attention",
         "query length is exactly 1",
     ),
-    "write_kv_cache": ("radix_plugin.worker.kernels.kv_cache_write", "cache"),
-    "apply_token_bitmask_inplace": ("radix_plugin.worker.kernels.token_bitmask", "mask"),
-    "prefix_attention_ref": ("radix_plugin.worker.kernels.reference", "attention"),
-    "write_kv_cache_ref": ("radix_plugin.worker.kernels.reference", "cache"),
-    "apply_token_bitmask_ref": ("radix_plugin.worker.kernels.reference", "mask"),
+    "write_kv_cache": ("radix_plugin.kernels.kv_cache_write", "cache"),
+    "apply_token_bitmask_inplace": ("radix_plugin.kernels.token_bitmask", "mask"),
+    "prefix_attention_ref": ("radix_plugin.kernels.reference", "attention"),
+    "write_kv_cache_ref": ("radix_plugin.kernels.reference", "cache"),
+    "apply_token_bitmask_ref": ("radix_plugin.kernels.reference", "mask"),
 }
 
 
@@ -42,18 +42,18 @@ def test_public_name_is_the_documented_function(name: str) -> None:
 
 
 def test_from_import_gives_the_functions() -> None:
-    from radix_plugin.worker.kernels import decode_attention, prefix_attention
+    from radix_plugin.kernels import decode_attention, prefix_attention
 
     assert inspect.isfunction(prefix_attention), prefix_attention
     assert inspect.isfunction(decode_attention), decode_attention
 
 
 def test_submodules_stay_importable_by_dotted_name() -> None:
-    module = importlib.import_module("radix_plugin.worker.kernels.prefix_attention")
+    module = importlib.import_module("radix_plugin.kernels.prefix_attention")
     assert inspect.ismodule(module)
     assert inspect.isfunction(module.prefix_attention)
-    assert radix_plugin.worker.kernels.decode_attention is kernels.decode_attention
-    assert inspect.isfunction(radix_plugin.worker.kernels.decode_attention)
+    assert radix_plugin.kernels.decode_attention is kernels.decode_attention
+    assert inspect.isfunction(radix_plugin.kernels.decode_attention)
 
 
 def test_unknown_name_raises_attribute_error() -> None:

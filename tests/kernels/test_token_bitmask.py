@@ -8,9 +8,9 @@ from xgrammar.kernels.apply_token_bitmask_inplace_torch import (
     apply_token_bitmask_inplace_torch as xgrammar_apply,
 )
 
-from radix_plugin.worker.kernels import token_bitmask
-from radix_plugin.worker.kernels.reference import apply_token_bitmask_ref
-from radix_plugin.worker.kernels.token_bitmask import apply_token_bitmask_inplace
+from radix_plugin.kernels import token_bitmask
+from radix_plugin.kernels.reference import apply_token_bitmask_ref
+from radix_plugin.kernels.token_bitmask import apply_token_bitmask_inplace
 
 
 def _random_bitmask(rows: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
