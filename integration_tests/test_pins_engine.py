@@ -41,7 +41,7 @@ def test_idle_usage_is_the_pinned_blocks_until_expiry_and_unpin() -> None:
     try:
         scheduler = llm.llm_engine.engine_core.engine_core.scheduler
         clock = [0.0]
-        scheduler._radix_clock = lambda: clock[0]
+        scheduler.radix_pins.clock = lambda: clock[0]
         params = [
             _params(radix_pin=True, radix_pin_ttl=30),
             _params(radix_pin=True),

@@ -193,15 +193,15 @@ def test_every_schedule_gives_vanillas_tokens(radix: LLM, vanilla: LLM, schedule
     prompts = _shared_prefix_batch(seed=9, groups=3, per_group=3, prefix_words=60)
     expected = _tokens(vanilla.generate(prompts, GREEDY, use_tqdm=False))
     scheduler = _scheduler(radix)
-    configured = scheduler.radix_scheduling
+    configured = scheduler.radix_order.ordering
     # Swap the policy on the live engine: one engine per module (extra in-process engines
     # cannot be torn down without tearing down the others' process groups).
-    scheduler.radix_scheduling = make_ordering(schedule)
+    scheduler.radix_order.ordering = make_ordering(schedule)
     try:
         assert radix.reset_prefix_cache()
         assert _tokens(radix.generate(prompts, GREEDY, use_tqdm=False)) == expected
     finally:
-        scheduler.radix_scheduling = configured
+        scheduler.radix_order.ordering = configured
 
 
 @pytest.mark.parametrize(

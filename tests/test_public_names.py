@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import radix_plugin
 

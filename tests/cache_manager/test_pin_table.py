@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radix_plugin.cache_manager.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
-from radix_plugin.cache_manager.engine_core.scheduler import PinTable
+from radix_plugin.cache_manager.engine_core.pins import PinTable
 
 BUDGET = 5
 SEQUENCES = [[1, 2, 3, 4], [1, 2, 7], [9, 8], [9, 8, 7, 6, 5, 4], [3]]

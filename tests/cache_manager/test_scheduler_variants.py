@@ -36,7 +36,7 @@ def test_variant_follows_async_setting_and_caches_in_the_tree(async_scheduling: 
     assert isinstance(scheduler, AsyncScheduler) == async_scheduling
     assert isinstance(scheduler, RadixAsyncScheduler) == async_scheduling
     assert scheduler.radix_config.eviction == "lfu"
-    assert scheduler.radix_scheduling.name == "dfs"
+    assert scheduler.radix_order.ordering.name == "dfs"
 
     hash_fn = get_hash_fn_by_name("sha256")
     init_none_hash(hash_fn)
@@ -56,8 +56,7 @@ def test_variant_follows_async_setting_and_caches_in_the_tree(async_scheduling: 
 
 
 def test_lpm_order_with_starvation_bound() -> None:
-    scheduler = build(async_scheduling=False)
-    scheduler.radix_config = type(scheduler.radix_config)(schedule="lpm", max_wait_steps=3)
+    scheduler = build(async_scheduling=False, radix={"schedule": "lpm", "max_wait_steps": 3})
     pool = scheduler.kv_cache_manager.block_pool
     # Cache a 3-block prefix by running a request through admission, then freeing it.
     warm = make_request("warm", [*range(96), 1])
@@ -72,7 +71,7 @@ def test_lpm_order_with_starvation_bound() -> None:
     scheduler.waiting.add_request(hot)
     order = []
     for _ in range(4):
-        scheduler._radix_reorder_waiting()
+        scheduler.radix_order.reorder(scheduler.waiting, scheduler.running, 8192)
         order.append([r.request_id for r in scheduler.waiting])
     # Longest cached prefix first, until "cold" has waited max_wait_steps rounds.
     assert order[:3] == [["hot", "cold"]] * 3
@@ -91,7 +90,7 @@ def test_follower_is_held_back_while_leader_prefills_the_shared_prefix() -> None
     stranger = make_request("stranger", list(range(9000, 9040)))
     scheduler.add_request(follower)
     scheduler.add_request(stranger)
-    held = scheduler._radix_reorder_waiting()
+    held = scheduler.radix_order.reorder(scheduler.waiting, scheduler.running, 64)
     assert [r.request_id for r in held] == ["follower"]
     assert [r.request_id for r in scheduler.waiting] == ["stranger"]
     scheduler.waiting.prepend_requests(held)
@@ -145,7 +144,7 @@ def test_hints_are_parsed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> N
         scheduler.add_request(make_request(rid, [*range(100), ord(rid)], hints))
     assert run_steps(scheduler) > 4
     assert len(decoded) == 2  # radix_steps decoded once per request, not once per step
-    assert len(scheduler._radix_hints) == 0  # dropped as the requests finished
+    assert len(scheduler.radix_hints) == 0  # dropped as the requests finished
 
 
 def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
@@ -156,16 +155,16 @@ def test_pins_are_kept_per_node_and_bounded_by_the_budget() -> None:
     for i in range(5):  # five requests pin the same prefix
         scheduler.add_request(make_request(f"same{i}", [*shared, 100 + i], {"radix_pin": True}))
     run_steps(scheduler)
-    assert len(scheduler._radix_pins) == 1  # one entry per pinned node, not per request
+    assert len(scheduler.radix_pins.table) == 1  # one entry per pinned node, not per request
     assert pool.tree.stats().pinned_blocks == 2
     for i in range(4):  # distinct 2-block prefixes: the budget keeps the two newest
         prompt = [*range(1000 * (i + 1), 1000 * (i + 1) + 64), 1]
         scheduler.add_request(make_request(f"other{i}", prompt, {"radix_pin": True}))
         run_steps(scheduler)
-    assert len(scheduler._radix_pins) == 2
+    assert len(scheduler.radix_pins.table) == 2
     assert pool.tree.stats().pinned_blocks == 4
     assert scheduler.reset_prefix_cache()
-    assert len(scheduler._radix_pins) == 0
+    assert len(scheduler.radix_pins.table) == 0
     assert pool.tree.stats().pinned_blocks == 0
 
 
@@ -178,7 +177,7 @@ def _used_blocks(scheduler: RadixScheduler) -> int:
 def test_idle_usage_is_the_pins_until_they_expire_or_are_unpinned() -> None:
     scheduler = build(async_scheduling=False, radix={"pin_ttl_s": 100})
     clock = [0.0]
-    scheduler._radix_clock = lambda: clock[0]
+    scheduler.radix_pins.clock = lambda: clock[0]
     a, b, c = ([*range(k * 1000, k * 1000 + 64), 1] for k in (1, 2, 3))  # 2 blocks each
     scheduler.add_request(make_request("a", a, {"radix_pin": True, "radix_pin_ttl": 10}))
     scheduler.add_request(make_request("b", b, {"radix_pin": True}))  # pin_ttl_s: 100
@@ -197,7 +196,7 @@ def test_idle_usage_is_the_pins_until_they_expire_or_are_unpinned() -> None:
     assert _used_blocks(scheduler) == 2
     clock[0] = 110.0  # the pin_ttl_s default
     scheduler.schedule()
-    assert _used_blocks(scheduler) == 0 and len(scheduler._radix_pins) == 0
+    assert _used_blocks(scheduler) == 0 and len(scheduler.radix_pins.table) == 0
 
 
 def test_pin_stats_ride_scheduler_stats_to_the_stat_logger() -> None:

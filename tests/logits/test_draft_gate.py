@@ -43,13 +43,13 @@ def _step(scheduler, token: int = 7):
 
 def test_drafts_offered_to_greedy_requests_are_withdrawn_when_a_sampled_one_joins() -> None:
     scheduler = build_scheduler(radix={"eviction": "lru"}, speculative_config=SPEC)
-    assert scheduler._radix_jump_forward
+    assert scheduler.radix_drafter.jump_forward
     greedy = _request("greedy", 0.0)
     scheduler.add_request(greedy)
     _step(scheduler)
     # Drafts as the grammar would offer them after the step (all requests greedy: allowed).
     greedy.spec_token_ids = [11, 12]
-    assert scheduler._radix_drafts_safe()
+    assert scheduler.radix_drafter.drafts_safe(scheduler.requests.values())
     scheduler.add_request(_request("sampled", 0.8))
     output = scheduler.schedule()
     assert "sampled" in output.num_scheduled_tokens and "greedy" in output.num_scheduled_tokens
@@ -61,7 +61,7 @@ def test_no_drafts_are_offered_while_a_sampled_request_waits() -> None:
     scheduler.add_request(_request("greedy", 0.0))
     _step(scheduler)
     scheduler.add_request(_request("sampled", 0.8))  # waiting, not running
-    assert not scheduler._radix_drafts_safe()
+    assert not scheduler.radix_drafter.drafts_safe(scheduler.requests.values())
 
 
 def test_no_drafts_while_a_min_p_or_logit_bias_request_is_unfinished() -> None:
@@ -69,8 +69,8 @@ def test_no_drafts_while_a_min_p_or_logit_bias_request_is_unfinished() -> None:
     scheduler = build_scheduler(radix={"eviction": "lru"}, speculative_config=SPEC)
     scheduler.add_request(_request("greedy", 0.0))
     _step(scheduler)
-    assert scheduler._radix_drafts_safe()
+    assert scheduler.radix_drafter.drafts_safe(scheduler.requests.values())
     biased = _request("biased", 0.0)
     biased.sampling_params.logit_bias = {5: 10.0}
     scheduler.add_request(biased)
-    assert not scheduler._radix_drafts_safe()
+    assert not scheduler.radix_drafter.drafts_safe(scheduler.requests.values())
