@@ -180,7 +180,7 @@ class Chat(Stream):
 class Workflow(Stream):
     def __init__(self, seed: int, vocab: int, concurrency: int):
         super().__init__(seed, vocab, concurrency)
-        from radix_plugin.core.workflow import AgentStepGraph
+        from radix_plugin.cache_manager.core.workflow import AgentStepGraph
 
         self.graph_cls = AgentStepGraph
         self.agents = [f"agent{i}" for i in range(16)]
@@ -236,58 +236,29 @@ def parse_config(name: str) -> tuple[dict[str, Any] | None, bool]:
     )
 
 
-def build_scheduler(config: str, blocks: int, running: int) -> Any:
+def make_scheduler(config: str, blocks: int, running: int) -> Any:
     """vLLM's scheduler or the plugin's, over ``blocks`` KV blocks, as vLLM's tests build it."""
-    import torch
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.v1.core.sched.scheduler import Scheduler
-    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-    from vllm.v1.structured_output import StructuredOutputManager
-
-    from radix_plugin.core.config import JUMP_FORWARD_PROPOSER
-    from radix_plugin.testing.engine import configure_cpu_env
-    from radix_plugin.testing.models import get_model_path
+    from radix_plugin.config import JUMP_FORWARD_PROPOSER
+    from radix_plugin.testing.scheduler import build_scheduler
 
     radix, jump_forward = parse_config(config)
-    configure_cpu_env()
-    args: dict[str, Any] = {
-        "model": str(get_model_path("tiny")),
-        "enforce_eager": True,
-        "block_size": BLOCK,
-        "max_model_len": MAX_MODEL_LEN,
+    engine_args: dict[str, Any] = {
         "max_num_seqs": running,
         "max_num_batched_tokens": MAX_BATCHED_TOKENS,
-        "enable_prefix_caching": True,
     }
-    if radix is not None:
-        args["additional_config"] = {"radix_plugin": radix}
     if jump_forward:
-        args["speculative_config"] = {
+        engine_args["speculative_config"] = {
             "method": "custom_class",
             "model": JUMP_FORWARD_PROPOSER,
             "num_speculative_tokens": DRAFT_SLOTS,
         }
-    vllm_config = EngineArgs(**args).create_engine_config()
-    vllm_config.cache_config.num_gpu_blocks = blocks
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
-    kv = KVCacheConfig(
-        num_blocks=blocks,
-        kv_cache_tensors=[],
-        kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)],
-    )
-    if radix is None:
-        cls: Any = Scheduler
-    else:
-        from radix_plugin import RadixScheduler
-
-        cls = RadixScheduler
-    return cls(
-        vllm_config=vllm_config,
-        kv_cache_config=kv,
-        structured_output_manager=StructuredOutputManager(vllm_config),
+    return build_scheduler(
+        radix=radix,
+        vanilla=radix is None,
+        blocks=blocks,
         block_size=BLOCK,
-        hash_block_size=BLOCK,
-        log_stats=False,
+        max_model_len=MAX_MODEL_LEN,
+        **engine_args,
     )
 
 
@@ -416,7 +387,7 @@ def run_config(
         tracemalloc.start()
     traced0 = tracemalloc.get_traced_memory()[0] if trace_memory else 0
     t_build = time.perf_counter()
-    scheduler = build_scheduler(config, blocks, running)
+    scheduler = make_scheduler(config, blocks, running)
     build_s = time.perf_counter() - t_build
     vocab = scheduler.vllm_config.model_config.get_vocab_size()
     stream = make_stream(workload, seed, vocab, running + waiting)
