@@ -14,46 +14,159 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from radix_plugin.cache_manager.core.errors import PinBudgetExceeded
+from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
 from radix_plugin.cache_manager.core.policies.builtin import LRUPolicy
-
-if TYPE_CHECKING:
-    from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
 
 Page = Hashable
 """One page's key: the tuple of its ``block_size`` token ids, or any hashable that identifies
 the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to compare."""
 
 
-@dataclass(eq=False, slots=True)
+_NO_CHILDREN: Mapping[Page, RadixNode] = MappingProxyType({})
+
+
 class RadixNode:
     """A run of cached pages; ``blocks[i]`` holds the KV of ``pages[i]``.
 
     ``lock_count`` counts running requests whose prefix passes through this node (locked nodes
     are never evicted); ``pin_count`` counts explicit pins (same protection, separate budget).
+    ``origin`` says what the pages hold (``"prompt"`` or generated ``"output"``);
     ``metadata`` is free room for tier and workflow information kept by other components.
     ``detached`` marks a node :meth:`RadixTree.remove_subtree` dropped: holders may still
     reference it, and their later release or unpin must change nothing.
+
+    Compact, because the vLLM glue keeps one node per KV block (10^5-10^6 of them): slots
+    only; ``metadata`` is made on first use; children are ``None`` (a leaf), the one child
+    itself (a chain, the common case) or a dict keyed by first page (a branch).
     """
 
-    pages: list[Page]
-    blocks: list[int]
-    parent: RadixNode | None
-    namespace: Hashable = None
-    children: dict[Page, RadixNode] = field(default_factory=dict)
-    lock_count: int = 0
-    pin_count: int = 0
-    last_access: int = 0
-    created_at: int = 0
-    hit_count: int = 0
-    priority: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-    heap_version: int = 0
-    detached: bool = False
+    __slots__ = (
+        "_kids",
+        "_meta",
+        "blocks",
+        "created_at",
+        "detached",
+        "heap_version",
+        "hit_count",
+        "last_access",
+        "lock_count",
+        "namespace",
+        "origin",
+        "pages",
+        "parent",
+        "pin_count",
+        "priority",
+    )
+
+    def __init__(
+        self,
+        pages: list[Page],
+        blocks: list[int],
+        parent: RadixNode | None,
+        namespace: Hashable = None,
+        *,
+        last_access: int = 0,
+        created_at: int = 0,
+        priority: int = 0,
+        origin: str = "prompt",
+        lock_count: int = 0,
+        pin_count: int = 0,
+        hit_count: int = 0,
+    ) -> None:
+        self.pages = pages
+        self.blocks = blocks
+        self.parent = parent
+        self.namespace = namespace
+        self.last_access = last_access
+        self.created_at = created_at
+        self.priority = priority
+        self.origin = origin
+        self.lock_count = lock_count
+        self.pin_count = pin_count
+        self.hit_count = hit_count
+        self.heap_version = 0
+        self.detached = False
+        self._kids: RadixNode | dict[Page, RadixNode] | None = None
+        self._meta: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RadixNode(blocks={self.blocks!r}, lock_count={self.lock_count}, "
+            f"pin_count={self.pin_count}, last_access={self.last_access})"
+        )
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form per-node data of other components (made on first access)."""
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = {}
+        return meta
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        """``metadata.get(key, default)`` without making the dict (for hot read paths)."""
+        meta = self._meta
+        return default if meta is None else meta.get(key, default)
+
+    @property
+    def children(self) -> Mapping[Page, RadixNode]:
+        """The children by first page (read-only view)."""
+        kids = self._kids
+        if kids is None:
+            return _NO_CHILDREN
+        if type(kids) is RadixNode:
+            return {kids.pages[0]: kids}
+        return MappingProxyType(kids)  # type: ignore[arg-type]
+
+    def child(self, page: Page) -> RadixNode | None:
+        """The child whose first page is ``page`` (O(1))."""
+        kids = self._kids
+        if kids is None:
+            return None
+        if type(kids) is RadixNode:
+            return kids if kids.pages[0] == page else None
+        return kids.get(page)  # type: ignore[union-attr]
+
+    def iter_children(self) -> Iterator[RadixNode]:
+        kids = self._kids
+        if kids is None:
+            return iter(())
+        if type(kids) is RadixNode:
+            return iter((kids,))
+        return iter(list(kids.values()))  # type: ignore[union-attr]
+
+    def _add_child(self, node: RadixNode) -> None:
+        kids = self._kids
+        if kids is None:
+            self._kids = node
+        elif type(kids) is RadixNode:
+            self._kids = {kids.pages[0]: kids, node.pages[0]: node}
+        else:
+            kids[node.pages[0]] = node  # type: ignore[index]
+
+    def _remove_child(self, node: RadixNode) -> None:
+        kids = self._kids
+        if kids is node:
+            self._kids = None
+            return
+        assert type(kids) is dict, "not a child of this node"
+        del kids[node.pages[0]]
+        if len(kids) == 1:
+            self._kids = next(iter(kids.values()))
+
+    def _replace_child(self, old: RadixNode, new: RadixNode) -> None:
+        """``new`` takes ``old``'s place (same first page)."""
+        kids = self._kids
+        if kids is old:
+            self._kids = new
+        else:
+            kids[new.pages[0]] = new  # type: ignore[index]
 
     @property
     def num_blocks(self) -> int:
@@ -65,7 +178,7 @@ class RadixNode:
 
     @property
     def is_leaf(self) -> bool:
-        return not self.children
+        return self._kids is None
 
     @property
     def is_protected(self) -> bool:
@@ -146,6 +259,9 @@ class RadixTree:
         self._clock = 0
         self._seq = itertools.count()
         self._policy_version = policy.version
+        # Hooks a policy does not override are not called (every block passes through them).
+        self._on_hit = None if _inherits(policy, "on_hit") else policy.on_hit
+        self._on_insert = None if _inherits(policy, "on_insert") else policy.on_insert
         self.reset_state()
         policy.attach(self)
 
@@ -234,13 +350,20 @@ class RadixTree:
         lookup that leads nowhere does not make a prefix look popular.
         """
         now = self.tick()
+        on_hit = self._on_hit
         hit = 0
-        for n in node.path_to_root():
+        n: RadixNode | None = node
+        while n is not None and n.parent is not None:
             n.last_access = now
             n.hit_count += 1
-            hit += n.num_blocks
-            self.policy.on_hit(n)
-            self._rekey(n)
+            hit += len(n.blocks)
+            if on_hit is not None:
+                on_hit(n)
+            if n.lock_count or n.pin_count:
+                self._forget_leaf(n)  # held by its user: not evictable, nothing to re-key
+            else:
+                self._rekey(n)
+            n = n.parent
         self._lookups += 1
         self._lookup_blocks += hit if query_blocks is None else query_blocks
         self._hit_blocks += hit
@@ -266,7 +389,7 @@ class RadixTree:
         pages were cached before, under possibly different block ids; the caller keeps
         ownership of its own ids for those pages (they are duplicates). ``priority`` is
         max-propagated along the path (the ``priority`` policy reads it). ``origin`` tags new
-        nodes (``"prompt"`` or ``"output"``) in ``metadata``; policies may learn per origin.
+        nodes (``"prompt"`` or ``"output"``); policies may learn per origin.
         Cost: O(P·B) plus O(D).
         """
         pages = self._as_pages(tokens)
@@ -281,43 +404,105 @@ class RadixTree:
                 break
             node = child
             node.last_access = now
-            node.priority = max(node.priority, priority)
+            if priority > node.priority:
+                node.priority = priority
             self._rekey(node)
             i += n
         already = i
         step = len(pages) if self.path_compression else 1
         while i < len(pages):
             j = min(len(pages), i + step)
-            leaf = RadixNode(
-                pages=list(pages[i:j]),
-                blocks=list(blocks[i:j]),
-                parent=node,
-                namespace=node.namespace,
-                last_access=now,
-                created_at=now,
-                priority=priority,
-                metadata={"origin": origin},
-            )
-            was_leaf = node.is_leaf
-            node.children[leaf.pages[0]] = leaf
-            self._num_nodes += 1
-            self._cached_blocks += leaf.num_blocks
-            self._inserted_blocks += leaf.num_blocks
-            if was_leaf:
-                self._forget_leaf(node)
-            self.policy.on_insert(leaf)
-            self._rekey(leaf)
-            node = leaf
+            node = self._new_leaf(node, list(pages[i:j]), list(blocks[i:j]), now, priority, origin)
             i = j
         return already, node
+
+    def insert_blocks(
+        self,
+        pages: Sequence[Page],
+        blocks: Sequence[int],
+        parent: RadixNode,
+        *,
+        priority: int = 0,
+        origin: str = "prompt",
+        hold: bool = False,
+    ) -> tuple[int, list[RadixNode]]:
+        """:meth:`insert` for a tree with one node per block: the node of every page.
+
+        Pages already cached below ``parent`` keep their nodes (and block ids); the rest get
+        new nodes, held once each with ``hold`` (their blocks are in use: created protected,
+        so they never enter the eviction heap on the way). Returns ``(already, nodes)`` as
+        :meth:`insert` counts them. Cost: O(P).
+        """
+        assert not self.path_compression, "insert_blocks needs a tree with one node per block"
+        now = self.tick()
+        node = parent
+        nodes: list[RadixNode] = []
+        n = min(len(pages), len(blocks))
+        i = 0
+        while i < n:
+            child = node.child(pages[i])
+            if child is None:
+                break
+            child.last_access = now
+            if priority > child.priority:
+                child.priority = priority
+            if child.lock_count or child.pin_count:
+                self._forget_leaf(child)
+            else:
+                self._rekey(child)
+            nodes.append(child)
+            node = child
+            i += 1
+        already = i
+        while i < n:
+            node = self._new_leaf(node, [pages[i]], [blocks[i]], now, priority, origin, held=hold)
+            nodes.append(node)
+            i += 1
+        return already, nodes
+
+    def _new_leaf(
+        self,
+        parent: RadixNode,
+        pages: list[Page],
+        blocks: list[int],
+        now: int,
+        priority: int,
+        origin: str,
+        held: bool = False,
+    ) -> RadixNode:
+        leaf = RadixNode(
+            pages,
+            blocks,
+            parent,
+            parent.namespace,
+            last_access=now,
+            created_at=now,
+            priority=priority,
+            origin=origin,
+            lock_count=1 if held else 0,
+        )
+        if parent._kids is None:
+            self._forget_leaf(parent)
+        parent._add_child(leaf)
+        size = len(blocks)
+        self._num_nodes += 1
+        self._cached_blocks += size
+        self._inserted_blocks += size
+        if held:
+            self._protected_blocks += size
+        if self._on_insert is not None:
+            self._on_insert(leaf)
+        if not held:
+            self._rekey(leaf)
+        return leaf
 
     # ------------------------------------------------------------------ protection
 
     def lock(self, node: RadixNode) -> None:
         """A running request uses the prefix ending at ``node``: protect it (O(D))."""
         for n in node.path_to_root():
-            if not n.is_protected:
-                self._protected_blocks += n.num_blocks
+            if not n.lock_count and not n.pin_count:
+                self._protected_blocks += len(n.blocks)
                 self._forget_leaf(n)
             n.lock_count += 1
 
@@ -335,9 +520,9 @@ class RadixTree:
                 raise RuntimeError("unlock() without a matching lock()")
             n.lock_count -= 1
             n.last_access = now
-            if not n.is_protected:
-                self._protected_blocks -= n.num_blocks
-            self._rekey(n)
+            if not n.lock_count and not n.pin_count:
+                self._protected_blocks -= len(n.blocks)
+                self._rekey(n)
 
     def hold(self, node: RadixNode) -> None:
         """Protect ``node`` alone (O(1)).
@@ -345,9 +530,12 @@ class RadixTree:
         For callers whose own bookkeeping already holds every ancestor whenever it holds a
         node, as vLLM's per-block reference counts do; :meth:`lock` is the general form.
         """
-        if not node.is_protected:
-            self._protected_blocks += node.num_blocks
-            self._forget_leaf(node)
+        if not node.lock_count and not node.pin_count:
+            self._protected_blocks += len(node.blocks)
+            leaves = self._evictable_leaves
+            if node in leaves:
+                leaves.remove(node)
+                node.heap_version += 1
         node.lock_count += 1
 
     def release(self, node: RadixNode) -> None:
@@ -356,13 +544,16 @@ class RadixTree:
         A no-op on a node :meth:`remove_subtree` dropped (its holds ended there)."""
         if node.detached:
             return
-        if node.lock_count <= 0:
+        count = node.lock_count
+        if count <= 0:
             raise RuntimeError("release() without a matching hold()")
-        node.lock_count -= 1
-        node.last_access = self.tick()
-        if not node.is_protected:
-            self._protected_blocks -= node.num_blocks
-        self._rekey(node)
+        node.lock_count = count - 1
+        self._clock += 1
+        node.last_access = self._clock
+        if count == 1 and not node.pin_count:
+            self._protected_blocks -= len(node.blocks)
+            if node._kids is None and node.parent is not None:
+                self._push(node)
 
     def remove_subtree(self, node: RadixNode) -> list[RadixNode]:
         """Drop ``node`` and everything below it, protected or not; returns the dropped nodes.
@@ -381,11 +572,11 @@ class RadixTree:
         if node.pin_count:
             self._drop_pins(parent, node.pin_count)
         dropped = [node]
-        stack = list(node.children.values())
+        stack = list(node.iter_children())
         while stack:
             n = stack.pop()
             dropped.append(n)
-            stack.extend(n.children.values())
+            stack.extend(n.iter_children())
         for n in dropped:
             self._forget_leaf(n)
             self._num_nodes -= 1
@@ -396,7 +587,7 @@ class RadixTree:
                 self._pinned_blocks -= n.num_blocks
             n.lock_count = n.pin_count = 0
             n.detached = True
-        del parent.children[node.pages[0]]
+        parent._remove_child(node)
         node.parent = None
         if parent.parent is not None:
             self._rekey(parent)
@@ -466,31 +657,60 @@ class RadixTree:
         enough is evictable; a policy with ``rank_per_block`` re-ranks after every page.
         Returns the freed block ids, deepest first.
         Cost: O(k·log L) amortised for k freed nodes (lazy heap), plus a heap rebuild
-        O(L log L) when the policy's keys changed globally.
+        O(L log L) when the policy's keys changed globally. A parent left a leaf by an
+        eviction that would be popped next anyway is evicted directly (chains go without a
+        heap round trip per block; the order is the same).
         """
         if self.policy.version != self._policy_version:
             self._rebuild_heap()
+        policy = self.policy
+        per_block = policy.rank_per_block
+        heap = self._heap
+        leaves = self._evictable_leaves
         freed: list[int] = []
-        while len(freed) < num_blocks and self._heap:
-            _, _, version, node = heapq.heappop(self._heap)
-            if version != node.heap_version or node not in self._evictable_leaves:
+        while len(freed) < num_blocks and heap:
+            _, _, version, node = heapq.heappop(heap)
+            if version != node.heap_version or node not in leaves:
                 continue
-            take = min(num_blocks - len(freed), node.num_blocks)
-            if self.policy.rank_per_block:
-                take = 1  # its next page may rank elsewhere: re-key after each one
-            victims = node.blocks[node.num_blocks - take :]
-            self.policy.on_evict(node, take)
-            freed.extend(reversed(victims))
-            self._cached_blocks -= take
-            self._evicted_blocks += take
-            if take == node.num_blocks:
-                self._remove_leaf(node)
-            else:
+            while True:
+                take = 1 if per_block else min(num_blocks - len(freed), len(node.blocks))
+                size = len(node.blocks)
+                policy.on_evict(node, take)
+                if take == size:
+                    freed.extend(reversed(node.blocks))
+                    self._cached_blocks -= take
+                    self._evicted_blocks += take
+                    parent = self._unlink_leaf(node)
+                    if parent is None:
+                        break
+                    key = policy.key(parent)
+                    if len(freed) < num_blocks and self._beats_heap_top(key):
+                        node = parent  # the next victim: no push and pop
+                        continue
+                    self._push(parent, key)
+                    break
+                victims = node.blocks[size - take :]
+                freed.extend(reversed(victims))
+                self._cached_blocks -= take
+                self._evicted_blocks += take
                 del node.blocks[-take:]
                 del node.pages[-take:]
                 self._rekey(node)
+                break
         self._maybe_compact_heap()
         return freed
+
+    def _beats_heap_top(self, key: Any) -> bool:
+        """Whether ``key`` would be popped before every live entry of the heap (stale tops
+        are dropped on the way)."""
+        heap = self._heap
+        leaves = self._evictable_leaves
+        while heap:
+            top_key, _, version, node = heap[0]
+            if version == node.heap_version and node in leaves:
+                return key < top_key
+            heapq.heappop(heap)
+        return True
 
     def next_victim(self) -> RadixNode | None:
         """The leaf :meth:`evict` would trim next, without evicting it (amortised O(log L))."""
@@ -544,11 +764,11 @@ class RadixTree:
 
     def iter_nodes(self) -> Iterator[RadixNode]:
         """Every non-root node, parents before children (O(N))."""
-        stack = [c for r in self._roots.values() for c in r.children.values()]
+        stack = [c for r in self._roots.values() for c in r.iter_children()]
         while stack:
             node = stack.pop()
             yield node
-            stack.extend(node.children.values())
+            stack.extend(node.iter_children())
 
     def cached_block_ids(self) -> list[int]:
         """Every block id the tree holds (O(N))."""
@@ -570,7 +790,7 @@ class RadixTree:
     ) -> tuple[RadixNode | None, int]:
         """The child of ``node`` that continues ``pages[i:]`` and how many pages it matches;
         with ``split``, a partial match is split off first so the child ends at the match."""
-        child = node.children.get(pages[i])
+        child = node.child(pages[i])
         if child is None:
             return None, 0
         n = _common_pages(child.pages, pages, i)
@@ -580,73 +800,106 @@ class RadixTree:
 
     def _split(self, node: RadixNode, n: int) -> RadixNode:
         """Cut ``node`` after ``n`` pages; returns the new upper part (O(B))."""
-        assert node.parent is not None and 0 < n < node.num_blocks
+        parent = node.parent
+        assert parent is not None and 0 < n < node.num_blocks
         upper = RadixNode(
-            pages=node.pages[:n],
-            blocks=node.blocks[:n],
-            parent=node.parent,
-            namespace=node.namespace,
-            lock_count=node.lock_count,
-            pin_count=node.pin_count,
+            node.pages[:n],
+            node.blocks[:n],
+            parent,
+            node.namespace,
             last_access=node.last_access,
             created_at=node.created_at,
-            hit_count=node.hit_count,
             priority=node.priority,
-            metadata=dict(node.metadata),
+            origin=node.origin,
+            lock_count=node.lock_count,
+            pin_count=node.pin_count,
+            hit_count=node.hit_count,
         )
-        node.parent.children[upper.pages[0]] = upper
+        if node._meta:
+            upper._meta = dict(node._meta)
+        parent._replace_child(node, upper)
         del node.pages[:n]
         del node.blocks[:n]
         node.parent = upper
-        upper.children[node.pages[0]] = node
+        upper._add_child(node)
         self._num_nodes += 1
         self.policy.on_split(upper, node)
         self._rekey(node)
         return upper
 
-    def _is_evictable_leaf(self, node: RadixNode) -> bool:
-        return node.parent is not None and node.is_leaf and not node.is_protected
-
-    def _rekey(self, node: RadixNode) -> None:
-        """Re-enter ``node`` in the eviction heap if it is an evictable leaf (O(log L))."""
-        if not self._is_evictable_leaf(node):
-            self._forget_leaf(node)
-            return
+    def _push(self, node: RadixNode, key: Any = None) -> None:
+        """Enter the evictable leaf ``node`` in the heap under ``key`` (its policy key)."""
         node.heap_version += 1
         self._evictable_leaves.add(node)
         heapq.heappush(
-            self._heap, (self.policy.key(node), next(self._seq), node.heap_version, node)
+            self._heap,
+            (
+                self.policy.key(node) if key is None else key,
+                next(self._seq),
+                node.heap_version,
+                node,
+            ),
         )
         # Every touch pushes a new entry; compact here too, not only in evict(), or a cache
         # that never fills grows its heap by one stale entry per request forever.
-        self._maybe_compact_heap()
+        if len(self._heap) > 4 * len(self._evictable_leaves) + 1024:
+            self._rebuild_heap()
+
+    def _rekey(self, node: RadixNode) -> None:
+        """Re-enter ``node`` in the eviction heap if it is an evictable leaf (O(log L))."""
+        if (
+            node._kids is None
+            and node.parent is not None
+            and not node.lock_count
+            and not node.pin_count
+        ):
+            self._push(node)
+        else:
+            self._forget_leaf(node)
 
     def _forget_leaf(self, node: RadixNode) -> None:
-        if node in self._evictable_leaves:
-            self._evictable_leaves.discard(node)
+        leaves = self._evictable_leaves
+        if node in leaves:
+            leaves.remove(node)
             node.heap_version += 1
 
-    def _remove_leaf(self, node: RadixNode) -> None:
+    def _unlink_leaf(self, node: RadixNode) -> RadixNode | None:
+        """Take the evicted leaf ``node`` out of the tree; returns its parent if that became
+        an evictable leaf (the caller enters it in the heap), else ``None``."""
         parent = node.parent
         assert parent is not None
         self._forget_leaf(node)
-        del parent.children[node.pages[0]]
+        parent._remove_child(node)
         self._num_nodes -= 1
         node.parent = None
-        if parent.parent is not None:
-            self._rekey(parent)
+        if (
+            parent.parent is None
+            or parent._kids is not None
+            or parent.lock_count
+            or parent.pin_count
+        ):
+            return None
+        return parent
 
     def _rebuild_heap(self) -> None:
         self._policy_version = self.policy.version
-        self._heap = []
+        key = self.policy.key
+        seq = self._seq
+        heap = []
         for node in self._evictable_leaves:
             node.heap_version += 1
-            self._heap.append((self.policy.key(node), next(self._seq), node.heap_version, node))
-        heapq.heapify(self._heap)
+            heap.append((key(node), next(seq), node.heap_version, node))
+        heapq.heapify(heap)
+        self._heap = heap
 
     def _maybe_compact_heap(self) -> None:
         if len(self._heap) > 4 * len(self._evictable_leaves) + 1024:
             self._rebuild_heap()
+
+
+def _inherits(policy: EvictionPolicy, hook: str) -> bool:
+    """Whether ``policy`` leaves ``hook`` as the policy interface defines it (a no-op)."""
+    return getattr(type(policy), hook) is getattr(EvictionPolicy, hook)
 
 
 def _common_pages(node_pages: list[Page], pages: Sequence[Page], start: int) -> int:

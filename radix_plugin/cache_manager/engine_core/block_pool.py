@@ -32,7 +32,6 @@ Everything else (hash map, events, metrics, reference counts) is vLLM's own code
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -182,7 +181,11 @@ class RadixBlockPool(BlockPoolSeam):
         self.tree = RadixTree(
             hash_block_size, policy, max_pinned_blocks=max_pinned_blocks, path_compression=False
         )
-        self._node_of: dict[int, RadixNode] = {}
+        # Block id -> its tree node (a list: one slot per block, no per-entry object).
+        self._node_of: list[RadixNode | None] = [None] * num_gpu_blocks
+        # Page key (vLLM's chained block hash with group id) -> node, for lookups that
+        # binary-search a request's hashes instead of walking the tree block by block.
+        self._node_by_key: dict[Any, RadixNode] = {}
         self._alias_of: dict[int, RadixNode] = {}
         self._eviction_listeners: list[Callable[[list[KVCacheBlock]], None]] = []
         self._reset_listeners: list[Callable[[], None]] = []
@@ -196,32 +199,46 @@ class RadixBlockPool(BlockPoolSeam):
     # --- lookup --------------------------------------------------------------------------
 
     def longest_cached_prefix(
-        self, block_hashes: Iterable[Any], max_blocks: int, group_id: int = 0
+        self, block_hashes: Sequence[Any], max_blocks: int, group_id: int = 0
     ) -> list[KVCacheBlock]:
-        """Blocks of the longest cached prefix, from the tree (no side effects; O(hit))."""
-        ids, _ = self._walk(block_hashes, max_blocks, group_id)
-        return [self.blocks[b] for b in ids]
+        """Blocks of the longest cached prefix, from the tree (no side effects;
+        O(log P) lookups plus O(hit) to collect the blocks)."""
+        n, node = self._longest(block_hashes, max_blocks, group_id)
+        out: list[KVCacheBlock] = [None] * n  # type: ignore[list-item]
+        blocks = self.blocks
+        for i in range(n - 1, -1, -1):
+            out[i] = blocks[node.blocks[0]]
+            node = node.parent  # type: ignore[assignment]
+        return out
 
     def cached_prefix_node(
-        self, block_hashes: Iterable[Any], group_id: int = 0
+        self, block_hashes: Sequence[Any], group_id: int = 0
     ) -> tuple[int, RadixNode]:
-        """Cached prefix length in blocks and the node that ends it, without side effects."""
-        ids, node = self._walk(block_hashes, None, group_id)
-        return len(ids), node
+        """Cached prefix length in blocks and the node that ends it, without side effects
+        (O(log P) lookups)."""
+        return self._longest(block_hashes, len(block_hashes), group_id)
 
-    def _walk(
-        self, block_hashes: Iterable[Any], max_blocks: int | None, group_id: int
-    ) -> tuple[list[int], RadixNode]:
-        # One node per block: walk child dicts directly and key only the pages we visit.
-        node = self.tree.root()
-        ids: list[int] = []
-        for h in itertools.islice(block_hashes, max_blocks):
-            child = node.children.get(make_block_hash_with_group_id(h, group_id))
-            if child is None:
-                break
-            ids.append(child.blocks[0])
-            node = child
-        return ids, node
+    def _longest(
+        self, block_hashes: Sequence[Any], max_blocks: int, group_id: int
+    ) -> tuple[int, RadixNode]:
+        """Binary search for the longest prefix of ``block_hashes`` in the tree.
+
+        vLLM's block hashes are chained (each covers its whole prefix) and the tree holds a
+        node only together with its ancestors (eviction is leaf-first, invalidation drops
+        whole subtrees), so "block ``i`` is cached" is true up to the hit length and false
+        after it: one probe of the key index per halving instead of one per block.
+        """
+        index = self._node_by_key
+        lo, hi = 0, min(max_blocks, len(block_hashes))
+        node: RadixNode | None = None
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            found = index.get(make_block_hash_with_group_id(block_hashes[mid - 1], group_id))
+            if found is None:
+                hi = mid - 1
+            else:
+                lo, node = mid, found
+        return lo, node if node is not None else self.tree.root()
 
     # --- caching -------------------------------------------------------------------------
 
@@ -251,37 +268,35 @@ class RadixBlockPool(BlockPoolSeam):
             return  # sliding-window style sparse prefixes are not radix paths
         if block_size != self.hash_block_size:
             return  # hybrid block sizes: vLLM's own hash map still serves them
-        parent = None
+        parent = self.tree.root()
         if num_cached_blocks:
             parent = self.node_of_block(blocks[num_cached_blocks - 1].block_id)
             if parent is None:
                 return  # the prefix left the index (invalidated); its continuation cannot match
-        hashes = request.block_hashes
-        pages = [
-            make_block_hash_with_group_id(hashes[i], kv_cache_group_id)
-            for i in range(num_cached_blocks, num_full_blocks)
-        ]
         new_blocks = blocks[num_cached_blocks:num_full_blocks]
+        # vLLM just set each block's hash with group id: the tree's page key, shared.
+        pages = [b.block_hash for b in new_blocks]
         ids = [b.block_id for b in new_blocks]
-        already, _ = self.tree.insert(
-            pages, ids, parent=parent, priority=self.request_hints.get(request).priority
+        already, nodes = self.tree.insert_blocks(
+            pages, ids, parent, priority=self.request_hints.get(request).priority, hold=True
         )
         announced = self._announced_blocks(queued, len(new_blocks))
-        node = parent if parent is not None else self.tree.root()
+        node_of, by_key = self._node_of, self._node_by_key
         for i, block in enumerate(new_blocks):
-            node = node.children[pages[i]]
+            node = nodes[i]
             if i < already:
                 if node.blocks[0] != block.block_id and block.ref_cnt > 0:
                     # A duplicate of a cached block: while in use it protects the original.
                     self._alias_of[block.block_id] = node
                     self.tree.hold(node)
                 continue
-            self._node_of[block.block_id] = node
+            node_of[block.block_id] = node
+            by_key[pages[i]] = node
             if announced:
                 self._stored[block.block_id] = announced[i]
-            if block.ref_cnt > 0:
-                self.tree.hold(node)
-        tag_session(self.tree, request.request_id, node)
+            if block.ref_cnt == 0:
+                self.tree.release(node)  # created held: a block no request holds is free
+        tag_session(self.tree, request.request_id, nodes[-1])
 
     def _announced_blocks(self, queued: int, n: int) -> list[StoredBlock]:
         """The per-block payloads of the ``BlockStored`` vLLM just queued for ``n`` blocks
@@ -300,7 +315,7 @@ class RadixBlockPool(BlockPoolSeam):
     def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
         super().touch(blocks)
         for block in reversed(blocks):
-            node = self._node_of.get(block.block_id) or self._alias_of.get(block.block_id)
+            node = self.node_of_block(block.block_id)
             if node is not None:
                 self.tree.touch(node)
                 break
@@ -309,7 +324,9 @@ class RadixBlockPool(BlockPoolSeam):
 
     def on_cached_block_used(self, block: KVCacheBlock) -> None:
         """A free cached block got a user (a cache hit)."""
-        self.tree.hold(self._node_of[block.block_id])
+        node = self._node_of[block.block_id]
+        assert node is not None
+        self.tree.hold(node)
 
     def on_block_released(self, block: KVCacheBlock) -> bool:
         """A block's last user left; True if the tree keeps it (cached), False if it goes to
@@ -318,7 +335,7 @@ class RadixBlockPool(BlockPoolSeam):
         if alias is not None:
             self.tree.release(alias)
             return False
-        node = self._node_of.get(block.block_id)
+        node = self._node_of[block.block_id]
         if node is None:
             return False
         self.tree.release(node)
@@ -335,9 +352,14 @@ class RadixBlockPool(BlockPoolSeam):
     def evict_cached(self, n: int) -> list[KVCacheBlock]:
         """Take ``n`` cached free blocks out of the tree, leaf-first in policy order."""
         ids = self.tree.evict(n)
+        node_of, by_key, blocks = self._node_of, self._node_by_key, self.blocks
+        evicted = []
         for block_id in ids:
-            del self._node_of[block_id]
-        evicted = [self.blocks[b] for b in ids]
+            node = node_of[block_id]
+            assert node is not None
+            del by_key[node.pages[0]]
+            node_of[block_id] = None
+            evicted.append(blocks[block_id])
         for listener in self._eviction_listeners:
             listener(evicted)
         for block_id in ids:
@@ -399,10 +421,10 @@ class RadixBlockPool(BlockPoolSeam):
         cached: list[StoredBlock] = []
         if parent is None or parent.parent is not None:
             ids = [b.block_id for b in blocks]
-            already, _ = self.tree.insert(list(block_hashes), ids, parent=parent)
-            node = parent if parent is not None else self.tree.root()
+            start = parent if parent is not None else self.tree.root()
+            already, nodes = self.tree.insert_blocks(list(block_hashes), ids, start, hold=True)
             for i, (block, page) in enumerate(zip(blocks, block_hashes, strict=True)):
-                node = node.children[page]
+                node = nodes[i]
                 if i < already:
                     continue
                 num_tokens = (first_block_index + i + 1) * self.hash_block_size
@@ -411,8 +433,8 @@ class RadixBlockPool(BlockPoolSeam):
                     self._stored[block.block_id] = announce[i]
                     cached.append(announce[i])
                 self._node_of[block.block_id] = node
+                self._node_by_key[page] = node
                 node.hit_count = max(node.hit_count, 1)  # brought back for reuse
-                self.tree.hold(node)
                 last = node
         self.kv_event_queue.extend(stored_events(cached, self.medium))
         self.free_blocks(blocks)
@@ -421,7 +443,7 @@ class RadixBlockPool(BlockPoolSeam):
     # --- invalidation --------------------------------------------------------------------
 
     def on_cached_hash_removed(self, block: KVCacheBlock) -> None:
-        node = self._node_of.get(block.block_id)
+        node = self._node_of[block.block_id]
         if node is not None:
             self._drop_subtree(node)
 
@@ -432,7 +454,8 @@ class RadixBlockPool(BlockPoolSeam):
         still_free = []
         for dropped in self.tree.remove_subtree(node):
             block = self.blocks[dropped.blocks[0]]
-            del self._node_of[block.block_id]
+            self._node_of[block.block_id] = None
+            del self._node_by_key[dropped.pages[0]]
             self._stored.pop(block.block_id, None)
             if block.ref_cnt == 0:
                 still_free.append(block)
@@ -452,7 +475,8 @@ class RadixBlockPool(BlockPoolSeam):
         queue: RadixFreeQueue = self.free_block_queue  # type: ignore[assignment]
         queue.forget_hashes()
         queue.move_from_tree(self.blocks[b] for b in freed)
-        self._node_of.clear()
+        self._node_of = [None] * self.num_gpu_blocks
+        self._node_by_key.clear()
         self._alias_of.clear()
         self._stored.clear()
         for listener in self._reset_listeners:
@@ -466,4 +490,4 @@ class RadixBlockPool(BlockPoolSeam):
         return [make_block_hash_with_group_id(h, group_id) for h in block_hashes]
 
     def node_of_block(self, block_id: int) -> RadixNode | None:
-        return self._node_of.get(block_id) or self._alias_of.get(block_id)
+        return self._node_of[block_id] or self._alias_of.get(block_id)

@@ -186,12 +186,12 @@ class AdaptivePolicy(EvictionPolicy):
     def key(self, node: RadixNode) -> Any:
         credit = self.credit * math.log2(1 + node.hit_count)
         if node.hit_count == 0:
-            origin = node.metadata.get("origin", "prompt")
+            origin = node.origin
             credit -= self.junk_weight * (1.0 - self.reuse_share(origin))
         return (node.last_access + self.lifetime * credit, node.last_access)
 
     def on_insert(self, node: RadixNode) -> None:
-        origin = node.metadata.get("origin", "prompt")
+        origin = node.origin
         self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
         was_reused = self._ghost.pop(node.pages[0], None)
         if was_reused is None:
@@ -203,11 +203,8 @@ class AdaptivePolicy(EvictionPolicy):
 
     def on_hit(self, node: RadixNode) -> None:
         if node.hit_count == 1:
-            origin = node.metadata.get("origin", "prompt")
+            origin = node.origin
             self._reused[origin] = self._reused.get(origin, 0) + node.num_blocks
-
-    def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
-        upper.metadata.setdefault("origin", lower.metadata.get("origin", "prompt"))
 
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         assert self.tree is not None

@@ -223,7 +223,7 @@ class SessionPolicy(EvictionPolicy):
         if turn is None or tree is None:
             return
         for n in node.path_to_root():
-            old = n.metadata.get(TURN_KEY)
+            old = n.meta(TURN_KEY)
             if old == turn:
                 break
             n.metadata[TURN_KEY] = turn if old is None or old[0] == turn[0] else (SHARED, 0)
@@ -236,7 +236,7 @@ class SessionPolicy(EvictionPolicy):
 
     def density(self, node: RadixNode) -> float:
         """Expected hits per block per request while ``node`` stays cached."""
-        tag = node.metadata.get(TURN_KEY)
+        tag = node.meta(TURN_KEY)
         if tag is None or tag[0] == SHARED:
             return self._hit_rate(node)
         key, turn = tag
@@ -251,7 +251,7 @@ class SessionPolicy(EvictionPolicy):
         nothing (a finished problem's prompt must not hog the cache as under LFU)."""
         if node.hit_count == 0:
             return 0.0
-        age = self.requests - node.metadata.get(LAST_HIT_KEY, self.requests)
+        age = self.requests - node.meta(LAST_HIT_KEY, self.requests)
         survive, wait = self._hit_gaps.alive_and_wait(age)
         return survive / wait
 
@@ -263,7 +263,7 @@ class SessionPolicy(EvictionPolicy):
     def _client_word(self, node: RadixNode) -> int:
         """What the client said about the tail, which needs no learning: a last turn's goes
         first (0), a tail whose next turn was promised last (2), the rest by LRU (1)."""
-        tag = node.metadata.get(TURN_KEY)
+        tag = node.meta(TURN_KEY)
         state = self._sessions.get(tag[0]) if tag is not None else None
         if state is None:
             return 1
@@ -324,7 +324,7 @@ class SessionPolicy(EvictionPolicy):
         return alive / wait
 
     def _origin_factor(self, node: RadixNode) -> float:
-        origin = node.metadata.get("origin", "prompt")
+        origin = node.origin
         if origin == "prompt":
             return 1.0
         return min(1.0, self._reuse_share(origin) / self._reuse_share("prompt"))
@@ -416,22 +416,22 @@ class SessionPolicy(EvictionPolicy):
         if self.guard:  # the shadows take it at the next request, by its deepest node
             self._new_paths.pop(node.parent, None)  # type: ignore[arg-type]
             self._new_paths[node] = None
-        origin = node.metadata.get("origin", "prompt")
+        origin = node.origin
         self._inserted[origin] = self._inserted.get(origin, 0) + node.num_blocks
 
     def on_hit(self, node: RadixNode) -> None:
-        tag = node.metadata.get(TURN_KEY)
+        tag = node.meta(TURN_KEY)
         if tag is None or tag[0] == SHARED:
-            last = node.metadata.get(LAST_HIT_KEY, node.metadata.get("born"))
+            last = node.meta(LAST_HIT_KEY, node.meta("born"))
             if last is not None and last < self.requests:
                 self._hit_gaps.observe(self.requests - last)
         node.metadata[LAST_HIT_KEY] = self.requests
         if node.hit_count == 1:
-            origin = node.metadata.get("origin", "prompt")
+            origin = node.origin
             self._reused[origin] = self._reused.get(origin, 0) + node.num_blocks
 
     def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
-        upper.metadata.setdefault("born", lower.metadata.get("born", self.requests))
+        upper.metadata.setdefault("born", lower.meta("born", self.requests))
         if LAST_HIT_KEY in lower.metadata:
             upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
 

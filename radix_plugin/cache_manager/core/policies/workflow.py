@@ -55,7 +55,7 @@ class WorkflowPolicy(EvictionPolicy):
         return sorted(((s, a) for a, s in self._steps.items() if s <= steps), key=lambda p: p[0])
 
     def node_steps(self, node: RadixNode) -> int:
-        agents = node.metadata.get(AGENTS_KEY)
+        agents = node.meta(AGENTS_KEY)
         if not agents:
             return self.far
         steps = min(self._steps.get(a, self.far) for a in agents)
@@ -70,7 +70,7 @@ class WorkflowPolicy(EvictionPolicy):
         return (-self.node_steps(node), node.last_access)
 
     def on_split(self, upper: RadixNode, lower: RadixNode) -> None:
-        upper.metadata[AGENTS_KEY] = set(lower.metadata.get(AGENTS_KEY, ()))
+        upper.metadata[AGENTS_KEY] = set(lower.meta(AGENTS_KEY, ()))
 
 
 def tag_agent(tree: RadixTree, node: RadixNode, agent: Hashable) -> None:
