@@ -476,14 +476,16 @@ def run_config(
             else:
                 scheduler.add_request(request)
 
+    step_cpu_ns: list[int] = []  # the same spans in this thread's CPU time
+
     def step() -> int:
         """One engine step; returns its scheduler time in ns (the model's is not counted)."""
         if measuring["on"] and profiler is not None:
             profiler.enable()
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
         out = scheduler.schedule()
         grammar = scheduler.get_grammar_bitmask(out) if structured else None
-        t1 = time.perf_counter_ns()
+        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
         if measuring["on"] and profiler is not None:
             profiler.disable()
         finished["drafts"] += sum(len(t) for t in out.scheduled_spec_decode_tokens.values())
@@ -494,16 +496,17 @@ def run_config(
         finished["sampled"] += sum(len(t) for t in runner_out.sampled_token_ids)
         if measuring["on"] and profiler is not None:
             profiler.enable()
-        t2 = time.perf_counter_ns()
+        c2, t2 = time.thread_time_ns(), time.perf_counter_ns()
         results = scheduler.update_from_output(out, runner_out)
         if drafts_on and out.total_num_scheduled_tokens > 0:
             # EngineCore.post_step: the no-op proposer's empty drafts for the batch
             scheduler.update_draft_token_ids(
                 DraftTokenIds(runner_out.req_ids, [[] for _ in runner_out.req_ids])
             )
-        t3 = time.perf_counter_ns()
+        t3, c3 = time.perf_counter_ns(), time.thread_time_ns()
         if measuring["on"] and profiler is not None:
             profiler.disable()
+        step_cpu_ns.append((c1 - c0) + (c3 - c2))
         for engine_outputs in results.values():
             for o in engine_outputs.outputs:
                 if o.finish_reason is None:
@@ -565,6 +568,7 @@ def run_config(
     before = dict(counts)
     finished_before = dict(finished)
     step_ns: list[int] = []
+    step_cpu_ns.clear()
     running_seen: list[int] = []
     waiting_seen: list[int] = []
     measuring["on"] = True
@@ -609,6 +613,7 @@ def run_config(
         tree_free = stats.evictable_blocks
 
     ms = [t / 1e6 for t in step_ns]
+    cpu_ms = [t / 1e6 for t in step_cpu_ns[:steps]]
     return {
         "config": config,
         "workload": workload,
@@ -623,6 +628,8 @@ def run_config(
         "step_ms_p99": percentile(ms, 0.99),
         "step_ms_max": max(ms),
         "step_ms_mean": statistics.fmean(ms),
+        "step_cpu_ms_median": statistics.median(cpu_ms),
+        "step_cpu_ms_p99": percentile(cpu_ms, 0.99),
         "add_request_ms": statistics.fmean(add_times) / 1e6 if add_times else None,
         "add_request_ms_p99": percentile([t / 1e6 for t in add_times], 0.99) if add_times else None,
         "add_request_ms_per_step": sum(add_times) / 1e6 / steps,
@@ -680,8 +687,9 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     header = (
         "| workload | blocks | running | config | median ms | p99 ms | max ms | x vanilla "
-        "(median) | add_request ms | arrivals ms/step | traced B/block | RSS B/block "
-        "| evicting | hit ratio | tokens/step | gen2 GCs |\n|" + "---|" * 16
+        "(median) | p99 x vanilla | CPU ms median | x vanilla (CPU) | add_request ms "
+        "| arrivals ms/step | traced B/block | RSS B/block "
+        "| evicting | hit ratio | tokens/step | gen2 GCs |\n|" + "---|" * 19
     )
     rows = [header]
     base = {
@@ -690,10 +698,14 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         v = base.get((r["workload"], r["blocks"], r["running"]))
         ratio = r["step_ms_median"] / v["step_ms_median"] if v else None
+        p99_ratio = r["step_ms_p99"] / v["step_ms_p99"] if v else None
+        cpu = r.get("step_cpu_ms_median")
+        cpu_ratio = cpu / v["step_cpu_ms_median"] if v and cpu is not None else None
         rows.append(
             f"| {r['workload']} | {r['blocks']:,} | {r['running']} | {r['config']} "
             f"| {fmt(r['step_ms_median'])} | {fmt(r['step_ms_p99'])} | {fmt(r['step_ms_max'])} "
-            f"| {fmt(ratio)} | {fmt(r['add_request_ms'], 3)} "
+            f"| {fmt(ratio)} | {fmt(p99_ratio)} | {fmt(cpu)} | {fmt(cpu_ratio)} "
+            f"| {fmt(r['add_request_ms'], 3)} "
             f"| {fmt(r['add_request_ms_per_step'])} "
             f"| {fmt(r['traced_bytes_per_cached_block'], 0)} "
             f"| {fmt(r['rss_bytes_per_cached_block'], 0)} | {r['evicting_share']:.1%} "
@@ -844,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{workload:13s} {blocks:>9,} x{running:<4} {config:14s} median "
             f"{r['step_ms_median']:7.2f} ms  p99 {r['step_ms_p99']:7.2f}  max "
-            f"{r['step_ms_max']:7.2f}  add {fmt(r['add_request_ms'], 3)} ms  "
+            f"{r['step_ms_max']:7.2f}  cpu {r['step_cpu_ms_median']:7.2f}  add {fmt(r['add_request_ms'], 3)} ms  "
             f"evicting {r['evicting_share']:.0%}  hit {r['hit_ratio']:.0%}  "
             f"({time.perf_counter() - t0:.0f}s)",
             file=sys.stderr,

@@ -173,6 +173,22 @@ class SchedulerSeam:
         return result
 
 
+_LOOKUP_PARAMS = (
+    "cls",
+    "block_hashes",
+    "max_length",
+    "kv_cache_group_ids",
+    "block_pool",
+    "kv_cache_spec",
+    "drop_eagle_block",
+    "alignment_tokens",
+    "dcp_world_size",
+    "pcp_world_size",
+)
+"""``find_longest_cache_hit``'s parameters in vLLM 0.32.0 (and 0.33.0): the patch takes
+them by name without binding a signature per call (a lookup per waiting request)."""
+
+
 def install_lookup_patch(pool_cls: type) -> None:
     """Route plain longest-prefix lookups on a ``pool_cls`` through its tree (idempotent).
 
@@ -187,28 +203,51 @@ def install_lookup_patch(pool_cls: type) -> None:
     if getattr(current, "_radix_pool_cls", None) is pool_cls:
         return
     original = getattr(current, "_radix_original", current)
-    signature = inspect.signature(original)
+    params = tuple(inspect.signature(original).parameters)
+    if params != _LOOKUP_PARAMS:
+        raise RuntimeError(
+            "radix_plugin: FullAttentionManager.find_longest_cache_hit has parameters "
+            f"{params}, expected {_LOOKUP_PARAMS}"
+        )
 
-    def find_longest_cache_hit(cls, *args: Any, **kwargs: Any):
-        bound = signature.bind(cls, *args, **kwargs)
-        bound.apply_defaults()
-        a = bound.arguments
-        pool, spec = a["block_pool"], a["kv_cache_spec"]
+    def find_longest_cache_hit(
+        cls,
+        block_hashes,
+        max_length,
+        kv_cache_group_ids,
+        block_pool,
+        kv_cache_spec,
+        drop_eagle_block,
+        alignment_tokens,
+        dcp_world_size=1,
+        pcp_world_size=1,
+    ):
         plain = (
             cls is FullAttentionManager
-            and isinstance(pool, pool_cls)
-            and len(a["kv_cache_group_ids"]) == 1
-            and not a["drop_eagle_block"]
-            and a["dcp_world_size"] == 1
-            and a["pcp_world_size"] == 1
-            and a["alignment_tokens"] == spec.block_size == pool.hash_block_size
+            and isinstance(block_pool, pool_cls)
+            and len(kv_cache_group_ids) == 1
+            and not drop_eagle_block
+            and dcp_world_size == 1
+            and pcp_world_size == 1
+            and alignment_tokens == kv_cache_spec.block_size == block_pool.hash_block_size
         )
         if not plain:
-            return original(cls, *args, **kwargs)
-        blocks = pool.longest_cached_prefix(
-            a["block_hashes"], a["max_length"] // spec.block_size, a["kv_cache_group_ids"][0]
+            return original(
+                cls,
+                block_hashes,
+                max_length,
+                kv_cache_group_ids,
+                block_pool,
+                kv_cache_spec,
+                drop_eagle_block,
+                alignment_tokens,
+                dcp_world_size,
+                pcp_world_size,
+            )
+        blocks = block_pool.longest_cached_prefix(
+            block_hashes, max_length // kv_cache_spec.block_size, kv_cache_group_ids[0]
         )
-        return (blocks,), len(blocks) * spec.block_size
+        return (blocks,), len(blocks) * kv_cache_spec.block_size
 
     find_longest_cache_hit._radix_original = original  # type: ignore[attr-defined]
     find_longest_cache_hit._radix_pool_cls = pool_cls  # type: ignore[attr-defined]

@@ -8,11 +8,14 @@ exact block ids, not just lengths.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
+from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
 from radix_plugin.cache_manager.core.policies.builtin import BeladyPolicy
 from radix_plugin.cache_manager.core.radix_tree import (
+    LARGE_TREE_LEAVES,
     PinBudgetExceeded,
     RadixNode,
     RadixTree,
@@ -639,3 +642,52 @@ def test_heap_stays_bounded_without_evictions_and_order_survives_compaction() ->
     tree.match_prefix(toks(3))
     tree.match_prefix(toks(0))
     assert tree.evict(10) == [1, 2, 4, 5, 6, 7, 8, 9, 3, 0]
+
+
+class _ExternalKeys(EvictionPolicy):
+    """Keys set from outside the tree, as a time-drifting policy's are."""
+
+    name = "external"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[int, float] = {}
+
+    def key(self, node: RadixNode) -> Any:
+        return self.keys.get(node.blocks[0], 0.0)
+
+
+def _leaves_tree(n: int) -> tuple[RadixTree, _ExternalKeys]:
+    policy = _ExternalKeys()
+    tree = RadixTree(1, policy)
+    for i in range(n):
+        policy.keys[i] = float(i)  # keyed at insertion: block i goes i-th
+        tree.insert([("leaf", i)], [i])
+    return tree, policy
+
+
+def test_refresh_some_rekeys_a_slice_and_a_full_round_rekeys_every_leaf() -> None:
+    """Spread re-keying: n calls re-key n leaves (the rest keep their old keys); after a
+    round over all leaves the eviction order is the new keys' order."""
+    n = 50
+    tree, policy = _leaves_tree(n)
+    policy.keys = {i: float(n - i) for i in range(n)}  # reversed order, not yet seen
+    tree.refresh_some(0)
+    assert tree.evict(1) == [0]  # old key still rules
+    tree.refresh_some(n)  # a full round over the 49 left (plus a new round's start)
+    assert tree.num_evictable_leaves() == n - 1
+    assert tree.evict(n - 1) == list(range(n - 1, 0, -1))
+
+
+def test_a_large_trees_heap_compaction_keeps_the_keys_it_had() -> None:
+    """Past LARGE_TREE_LEAVES, compaction drops stale entries without asking the policy
+    again (re-keying thousands of leaves at once would stall a step)."""
+    n = LARGE_TREE_LEAVES + 1
+    tree, policy = _leaves_tree(n)
+    policy.keys = {i: float(n - i) for i in range(n)}
+    for _ in range(5):  # stale entries pile up past 4x the leaves: compaction runs
+        for i in range(1, n):
+            tree.touch(tree.match_prefix([("leaf", i)], touch=False).last_node)
+    # Leaf 0 was never touched: it keeps its old key 0.0 (re-keyed, it would go last).
+    assert tree.evict(1) == [0]
+    assert tree.evict(1) == [n - 1]

@@ -31,6 +31,12 @@ the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to
 _NO_CHILDREN: Mapping[Page, RadixNode] = MappingProxyType({})
 
 
+LARGE_TREE_LEAVES = 2048
+"""Evictable leaves beyond which re-keying all of them at once costs a visible step
+(milliseconds in Python): heap compaction then keeps keys, and time-drifting policies
+re-key a slice per request (:meth:`RadixTree.refresh_some`)."""
+
+
 class RadixNode:
     """A run of cached pages; ``blocks[i]`` holds the KV of ``pages[i]``.
 
@@ -272,6 +278,7 @@ class RadixTree:
         self._roots: dict[Hashable, RadixNode] = {}
         self._heap: list[tuple[Any, int, int, RadixNode]] = []
         self._evictable_leaves: set[RadixNode] = set()
+        self._refresh_round: list[RadixNode] = []  # leaves refresh_some has yet to re-key
         self._num_nodes = 0
         self._cached_blocks = 0
         self._protected_blocks = 0
@@ -727,6 +734,28 @@ class RadixTree:
         """Re-key ``node`` after its metadata changed outside the tree (O(log L))."""
         self._rekey(node)
 
+    def num_evictable_leaves(self) -> int:
+        """Leaves in the eviction heap (O(1)): what a policy-wide re-key would cost."""
+        return len(self._evictable_leaves)
+
+    def refresh_some(self, n: int) -> None:
+        """Re-key up to ``n`` evictable leaves, going round all of them (O(n log L)).
+
+        A policy whose keys drift with time (``session``) calls this per request instead of
+        bumping ``version`` once a tree is large: re-keying every leaf at once would stall
+        one step for O(L log L) at a GPU's pool size. Each leaf's key is then at most
+        ``L / n`` requests old; leaves that got an event meanwhile were re-keyed by it.
+        """
+        pending, leaves = self._refresh_round, self._evictable_leaves
+        for _ in range(n):
+            if not pending:
+                pending.extend(leaves)
+                if not pending:
+                    return
+            node = pending.pop()
+            if node in leaves:
+                self._push(node)
+
     def evictable_blocks(self) -> int:
         """Blocks that :meth:`evict` could free right now (O(1))."""
         return self._cached_blocks - self._protected_blocks
@@ -842,8 +871,7 @@ class RadixTree:
         )
         # Every touch pushes a new entry; compact here too, not only in evict(), or a cache
         # that never fills grows its heap by one stale entry per request forever.
-        if len(self._heap) > 4 * len(self._evictable_leaves) + 1024:
-            self._rebuild_heap()
+        self._maybe_compact_heap()
 
     def _rekey(self, node: RadixNode) -> None:
         """Re-enter ``node`` in the eviction heap if it is an evictable leaf (O(log L))."""
@@ -893,8 +921,18 @@ class RadixTree:
         self._heap = heap
 
     def _maybe_compact_heap(self) -> None:
-        if len(self._heap) > 4 * len(self._evictable_leaves) + 1024:
+        """Drop stale heap entries once they outnumber live ones 3:1. A small tree re-keys
+        while at it (as it always has); a large one keeps each live entry's key (O(H)
+        instead of O(L) policy calls, which would stall the step that compacts)."""
+        leaves = self._evictable_leaves
+        if len(self._heap) <= 4 * len(leaves) + 1024:
+            return
+        if len(leaves) <= LARGE_TREE_LEAVES:
             self._rebuild_heap()
+            return
+        heap = [e for e in self._heap if e[2] == e[3].heap_version and e[3] in leaves]
+        heapq.heapify(heap)
+        self._heap = heap
 
 
 def _inherits(policy: EvictionPolicy, hook: str) -> bool:

@@ -34,7 +34,10 @@ the last ``window`` requests exceeds ``lru_z`` standard errors of the paired per
 differences, and goes back to LRU when LRU's lead does. A learned ranking needs hundreds of
 requests before it can be told from LRU; short traces or ones it does not learn (tree-of-
 thought search over 40 problems) stay at LRU's level, at twice the
-bookkeeping. What the client said needs no learning and counts in LRU mode too: a last
+bookkeeping. A cache larger than ``shadow_blocks`` (32,768 by default: a GPU's pool, not a
+simulated one) is modelled by spatial sampling, as SHARDS does for miss-ratio curves: the
+shadows serve only the sessions whose key hashes below the rate ``shadow_blocks / cache``
+and hold ``shadow_blocks`` blocks, so their cost per request stays flat in the pool size. What the client said needs no learning and counts in LRU mode too: a last
 turn's tail goes first, a promised one last.
 
 Keys depend on the current time, so the policy bumps ``version`` every ``rekey_every``
@@ -42,12 +45,18 @@ requests, or sooner where sessions turn faster (every 1/32 of the stale horizon:
 frozen for a sizeable share of the gaps it predicts ranks a tail by an age long gone, which
 cost ~2% of hits against LRU on tree-of-thought traces whose turns come a few requests
 apart), and the tree re-keys its leaves then (O(L log L)); between re-keys a leaf keeps the
-key of its last event, as the tree's lazy heap requires.
+key of its last event, as the tree's lazy heap requires. Past ``LARGE_TREE_LEAVES``
+evictable leaves (a GPU's pool: thousands of cached prompts) a re-key of all at once would
+stall a step for tens of milliseconds, so each request re-keys ``REFRESH_PER_REQUEST``
+leaves instead, round-robin: a key is then at most L / 8 requests old (~700 at 10^5 blocks
+of 16 tokens holding 5,800 prompts), which the gaps it predicts (hundreds to thousands of
+requests at that size) tolerate.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -56,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 from radix_plugin.cache_manager.core.hookspecs import hookimpl
 from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
 from radix_plugin.cache_manager.core.policies.shadow import UNBOUNDED, ShadowLRU, ShadowTree
+from radix_plugin.cache_manager.core.radix_tree import LARGE_TREE_LEAVES
 
 if TYPE_CHECKING:
     from radix_plugin.cache_manager.core.radix_tree import RadixNode, RadixTree
@@ -71,6 +81,9 @@ _MIN_PACED = 32
 """Gaps a pace class needs before its own distribution replaces the global one."""
 _REKEYS_PER_HORIZON = 32
 """Re-keys at least this often per stale horizon, however short the horizon."""
+REFRESH_PER_REQUEST = 8
+"""Leaves re-keyed per request once the tree is large (``LARGE_TREE_LEAVES``): the whole
+cache is re-keyed every L / 8 requests, for ~8 key computations per request."""
 
 
 @dataclass(slots=True)
@@ -148,6 +161,7 @@ class SessionPolicy(EvictionPolicy):
         window: int = 500,
         lru_z: float = 2.0,
         guard: bool = True,
+        shadow_blocks: int = 1 << 15,
     ) -> None:
         super().__init__()
         if rekey_every < 1:
@@ -166,6 +180,9 @@ class SessionPolicy(EvictionPolicy):
         self.window = window
         self.lru_z = lru_z
         self.guard = guard
+        if shadow_blocks < 1:
+            raise ValueError(f"shadow_blocks must be >= 1, got {shadow_blocks}")
+        self.shadow_blocks = shadow_blocks
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -203,7 +220,8 @@ class SessionPolicy(EvictionPolicy):
         self._turn_of[request_id] = (key, state.turns)
         self._expire(now)
         if self.guard:
-            self._duel(request_id, session, pages, session_end)
+            self._duel(key, request_id, session, pages, session_end)
+        large = self.tree is not None and self.tree.num_evictable_leaves() > LARGE_TREE_LEAVES
         self._since_rekey += 1
         if self._since_rekey >= min(
             self.rekey_every, self._turn_gaps.horizon // _REKEYS_PER_HORIZON
@@ -212,7 +230,10 @@ class SessionPolicy(EvictionPolicy):
             for model in (self._turn_gaps, self._first_gaps, *self._paced_gaps.values()):
                 model.refresh()
             self._hit_gaps.refresh()
-            self.version += 1
+            if not large:
+                self.version += 1
+        if large:
+            self.tree.refresh_some(REFRESH_PER_REQUEST)  # type: ignore[union-attr]
         return key
 
     def tag(self, request_id: Hashable, node: RadixNode) -> None:
@@ -273,16 +294,20 @@ class SessionPolicy(EvictionPolicy):
 
     def _duel(
         self,
+        key: Hashable,
         request_id: Hashable,
         session: str | None,
         pages: Sequence[Hashable],
         session_end: bool | None,
     ) -> None:
         """Serve the request in both shadows; rank like the one that leads significantly,
-        like LRU until the density ranking does."""
+        like LRU until the density ranking does. Past ``shadow_blocks`` only a sample of
+        the sessions is served (SHARDS: the shadows hold that share of the cache)."""
         learner, shadow = self._learner, self._shadow_own
         assert learner is not None and shadow is not None
         self._flush_paths(shadow)
+        if self._sample_rate < 1.0 and not self._sampled(key):
+            return
         lru_hit = self._shadow_lru.serve(pages)
         learner.note_request(request_id, session, pages, session_end=session_end)
         own_hit, node = shadow.serve(pages)
@@ -300,12 +325,22 @@ class SessionPolicy(EvictionPolicy):
 
     def _flush_paths(self, shadow: ShadowTree) -> None:
         """Paths the real tree cached since the last request (outputs included) reach the
-        shadows, each once, by its deepest node."""
+        shadows, each once, by its deepest node (sampled sessions' only, when sampling)."""
+        sampling = self._sample_rate < 1.0
         for node in self._new_paths:
+            if sampling:
+                tag = node.meta(TURN_KEY)
+                if tag is None or tag[0] == SHARED or not self._sampled(tag[0]):
+                    continue
             path = [p for n in reversed(list(node.path_to_root())) for p in n.pages]
             self._shadow_lru.touch(path)
             shadow.store(path)
         self._new_paths.clear()
+
+    def _sampled(self, key: Hashable) -> bool:
+        """Whether the session ``key`` is in the shadows' sample (a stable hash, so every
+        turn of a session is in or out together, and runs repeat)."""
+        return zlib.crc32(repr(key).encode()) < self._sample_rate * 4294967296.0
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
@@ -439,9 +474,12 @@ class SessionPolicy(EvictionPolicy):
         shadow = self._shadow_own
         if self.tree is not None and shadow is not None:  # full: size the shadows like it
             cached = self.tree.stats().cached_blocks
-            if cached > shadow.capacity or shadow.capacity == UNBOUNDED:
-                self._shadow_lru.capacity = cached
-                shadow.resize(cached)
+            if cached > self._cache_blocks or shadow.capacity == UNBOUNDED:
+                self._cache_blocks = cached
+                self._sample_rate = min(1.0, self.shadow_blocks / cached)
+                capacity = min(cached, self.shadow_blocks)
+                self._shadow_lru.resize(capacity)
+                shadow.resize(capacity)
 
     def on_reset(self) -> None:
         self.requests = 0
@@ -464,6 +502,8 @@ class SessionPolicy(EvictionPolicy):
         self._shadow_own = ShadowTree(self._learner) if self._learner is not None else None
         self._lead = self._lead_var = 0.0
         self._since_rekey = 0
+        self._sample_rate = 1.0  # share of sessions the shadows serve
+        self._cache_blocks = 0  # the real cache's size, as the shadows were last sized
 
 
 def _bucket(age: int) -> int:

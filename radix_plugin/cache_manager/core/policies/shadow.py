@@ -35,6 +35,12 @@ class ShadowLRU:
         self.touch(pages)
         return hit
 
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        cached = self._pages
+        while len(cached) > capacity:
+            cached.popitem(last=False)
+
     def touch(self, pages: Sequence[Hashable]) -> None:
         """Use a path, deepest page first: among pages used together the tree evicts the
         deepest first and the root's last."""
