@@ -856,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{workload:13s} {blocks:>9,} x{running:<4} {config:14s} median "
             f"{r['step_ms_median']:7.2f} ms  p99 {r['step_ms_p99']:7.2f}  max "
-            f"{r['step_ms_max']:7.2f}  cpu {r['step_cpu_ms_median']:7.2f}  add {fmt(r['add_request_ms'], 3)} ms  "
+            f"{r['step_ms_max']:7.2f}  cpu {r['step_cpu_ms_median']:7.2f}  "
+            f"add {fmt(r['add_request_ms'], 3)} ms  "
             f"evicting {r['evicting_share']:.0%}  hit {r['hit_ratio']:.0%}  "
             f"({time.perf_counter() - t0:.0f}s)",
             file=sys.stderr,

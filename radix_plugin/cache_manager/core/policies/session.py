@@ -37,8 +37,9 @@ thought search over 40 problems) stay at LRU's level, at twice the
 bookkeeping. A cache larger than ``shadow_blocks`` (32,768 by default: a GPU's pool, not a
 simulated one) is modelled by spatial sampling, as SHARDS does for miss-ratio curves: the
 shadows serve only the sessions whose key hashes below the rate ``shadow_blocks / cache``
-and hold ``shadow_blocks`` blocks, so their cost per request stays flat in the pool size. What the client said needs no learning and counts in LRU mode too: a last
-turn's tail goes first, a promised one last.
+and hold ``shadow_blocks`` blocks, so their cost per request stays flat in the pool size.
+What the client said needs no learning and counts in LRU mode too: a last turn's tail goes
+first, a promised one last.
 
 Keys depend on the current time, so the policy bumps ``version`` every ``rekey_every``
 requests, or sooner where sessions turn faster (every 1/32 of the stale horizon: a key
