@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(PY) -m radix_plugin.testing.build_models
 
-demo: setup
-	$(PY) benchmarks/demo.py
+# Silent but for the demo itself: make echoes nothing, and a model already built prints nothing.
+demo: $(STAMP)
+	@$(PY) -m radix_plugin.testing.build_models --quiet real
+	@$(PY) benchmarks/demo.py
 
 test: setup
 	$(PY) -m ruff check .

@@ -87,8 +87,19 @@ def _ids(rng: random.Random, n: int, vocab: int) -> list[int]:
     return [rng.randrange(FIRST_ID, vocab) for _ in range(n)]
 
 
-def run(llm: Any, workload: Workload) -> RunStats:
-    """Run every session of ``workload`` to completion on ``llm``; greedy decoding."""
+def count_requests(workload: Workload) -> int:
+    """Requests ``run`` will send: every turn of every session, branches included."""
+    todo, total = list(workload.sessions), 0
+    while todo:
+        session = todo.pop()
+        total += len(session.turns)
+        todo.extend(session.children)
+    return total
+
+
+def run(llm: Any, workload: Workload, on_finish: Callable[[int], None] | None = None) -> RunStats:
+    """Run every session of ``workload`` to completion on ``llm``; greedy decoding.
+    ``on_finish`` gets the number of requests finished so far, after each one."""
     from vllm import SamplingParams
 
     engine = llm.llm_engine
@@ -134,6 +145,8 @@ def run(llm: Any, workload: Workload) -> RunStats:
             stats["prompt"] += len(prompt)
             stats["output"] += len(generated)
             stats["hits"] += out.num_cached_tokens or 0
+            if on_finish is not None:
+                on_finish(stats["requests"])
             history = prompt + generated
             if turn + 1 < len(session.turns):
                 submit(session, turn + 1, history)
@@ -196,23 +209,33 @@ def tree_of_thought(vocab: int, seed: int = 0, scale: float = 1.0) -> Workload:
     return Workload("tree_of_thought", roots, concurrency=12)
 
 
-def prefix_groups_kv_pressure(vocab: int, seed: int = 0, scale: float = 1.0) -> Workload:
+def prefix_groups_kv_pressure(
+    vocab: int,
+    seed: int = 0,
+    scale: float = 1.0,
+    *,
+    prefix_tokens: int = 1024,
+    siblings: int = 6,
+    kv_blocks: int = 140,
+) -> Workload:
     """Many prefix groups arriving interleaved into a pool that holds a few groups: whether
-    siblings run back to back (and hit) depends on the scheduler's order."""
+    siblings run back to back (and hit) depends on the scheduler's order. The default pool
+    of 140 blocks x 32 tokens holds about 4 groups of 1024-token prefixes."""
     rng = random.Random(seed)
     groups = int(12 * scale)
-    prefixes = [_ids(rng, 1024, vocab) for _ in range(groups)]
+    prefixes = [_ids(rng, prefix_tokens, vocab) for _ in range(groups)]
     sessions = [
         Session(prefixes[g], [Turn(_ids(rng, 64, vocab), 16)])
-        for _ in range(6)
+        for _ in range(siblings)
         for g in range(groups)
     ]
+    held = kv_blocks * 32 // (prefix_tokens + 64 + 16)
     return Workload(
         "prefix_groups_kv_pressure",
         sessions,
         concurrency=len(sessions),
-        kv_blocks=140,
-        note="KV pool of 140 blocks x 32 tokens holds about 4 prefix groups",
+        kv_blocks=kv_blocks,
+        note=f"KV pool of {kv_blocks} blocks x 32 tokens holds about {held} prefix groups",
     )
 
 

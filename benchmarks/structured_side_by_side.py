@@ -38,7 +38,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from results_io import (
@@ -206,7 +206,16 @@ def timed(owner: Any, name: str, into: list[float]) -> Iterator[None]:
         delattr(owner, name)  # an instance attribute: the class's method shows through again
 
 
-def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> dict[str, Any]:
+def run_once(
+    llm: Any,
+    side: str,
+    workload: str,
+    requests: int,
+    batch: int,
+    on_finish: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``requests`` greedy requests, at most ``batch`` in flight; ``on_finish`` gets the
+    number finished so far, after each one."""
     engine = llm.llm_engine
     core = engine.engine_core.engine_core
     scheduler = core.scheduler
@@ -252,6 +261,8 @@ def run_once(llm: Any, side: str, workload: str, requests: int, batch: int) -> d
                         outputs[out.request_id] = out.outputs[0]
                         finished_at[out.request_id] = time.perf_counter() - t0
                         in_flight -= 1
+                        if on_finish is not None:
+                            on_finish(len(outputs))
             wall = time.perf_counter() - t0
     finally:
         del scheduler.schedule

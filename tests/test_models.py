@@ -274,3 +274,23 @@ def test_pretrained_cache_key_tracks_the_pin() -> None:
     assert real.cache_key() == dataclasses.replace(real).cache_key()
     assert real.cache_key() != dataclasses.replace(real, version="0.1.3").cache_key()
     assert real.cache_key() != dataclasses.replace(real, dtype="float16").cache_key()
+
+
+def test_build_models_quiet_names_only_models_it_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` runs ``--quiet``: a model already built prints nothing (the demo's output
+    is the demo's); one built now is named, and without ``--quiet`` every path is printed."""
+    from radix_plugin.testing import build_models
+
+    monkeypatch.setenv("RADIX_PLUGIN_CACHE", str(tmp_path))
+    assert not models.model_is_built("tiny")
+    assert build_models.main(["--quiet", "tiny"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("tiny: ")
+    assert models.model_is_built("tiny")
+    assert build_models.main(["--quiet", "tiny"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert build_models.main(["tiny"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == str(get_model_path("tiny"))

@@ -64,13 +64,15 @@ def replay(
     clock: list[int] | None = None,
     on_admit: Callable[[int, TraceRequest], None] | None = None,
     on_arrival: Callable[[int, TraceRequest], None] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> ReplayResult:
     """Admit requests in trace order, finishing the oldest when full; count hit tokens.
 
     A request that does not fit while others are in flight waits for the oldest to finish,
     as a real engine would queue it. ``clock[0]`` is set to the index being admitted (the
     Belady oracle reads it). ``on_arrival`` sees each request before its admission (where an
-    engine's scheduler sees a new request), ``on_admit`` after it.
+    engine's scheduler sees a new request), ``on_admit`` after it; ``progress`` is called
+    once per request (a progress bar).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -91,6 +93,8 @@ def replay(
             hit = driver.admit(index, req)
         spent += time.perf_counter() - t0
         prompt_tokens += req.input_length
+        if progress is not None:
+            progress()
         if hit is None:
             rejected += 1
             continue
@@ -142,16 +146,17 @@ def run_policy(
     capacity_blocks: int,
     concurrency: int = 1,
     hints: Sequence[ClientHints] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> ReplayResult:
     """Replay ``trace`` under policy ``name`` (``vllm`` = vLLM's own manager).
 
     ``hints`` (one per request) are the session hints a client sends; a session policy
-    without them infers conversations from the prompts alone."""
+    without them infers conversations from the prompts alone. ``progress`` is called once
+    per request."""
     if name == "vllm":
         max_len = max(r.input_length + r.output_length for r in trace) + block_size
-        return replay(
-            trace, VllmDriver(capacity_blocks, block_size, max_len), block_size, concurrency
-        )
+        driver = VllmDriver(capacity_blocks, block_size, max_len)
+        return replay(trace, driver, block_size, concurrency, progress=progress)
     policy = make_eviction_policy(name)
     clock = [0]
     if isinstance(policy, BeladyPolicy):
@@ -162,7 +167,7 @@ def run_policy(
         on_admit = workflow_hints(trace, driver, policy)
     if isinstance(policy, SessionPolicy):
         on_arrival, on_admit = session_hints(driver, policy, hints)
-    return replay(trace, driver, block_size, concurrency, clock, on_admit, on_arrival)
+    return replay(trace, driver, block_size, concurrency, clock, on_admit, on_arrival, progress)
 
 
 def workflow_hints(

@@ -144,6 +144,11 @@ def all_model_names() -> list[str]:
     return [*RECIPES, *PRETRAINED]
 
 
+def model_is_built(name: str) -> bool:
+    """Whether model `name` is already in the cache (:func:`get_model_path` will not build)."""
+    return (cache_root() / "models" / get_recipe(name).cache_key()).is_dir()
+
+
 def get_model_path(name: str) -> Path:
     """Return the HF-style directory of model `name`, building it first if it is missing."""
     recipe = get_recipe(name)

@@ -691,3 +691,21 @@ def test_a_large_trees_heap_compaction_keeps_the_keys_it_had() -> None:
     # Leaf 0 was never touched: it keeps its old key 0.0 (re-keyed, it would go last).
     assert tree.evict(1) == [0]
     assert tree.evict(1) == [n - 1]
+
+
+@pytest.mark.parametrize("stale", range(1020, 1045))
+def test_evict_frees_all_it_can_when_a_push_compacts_the_heap(stale: int) -> None:
+    """A parent left a leaf mid-eviction is pushed, and a push may rebuild the heap once
+    stale entries pile up; evict() must go on with the rebuilt heap (it kept popping the
+    old list, whose entries the rebuild had all made stale, and freed too few blocks)."""
+    tree = make_tree()
+    tree.insert(toks(1, 2, 3), [10, 11, 12])
+    tree.insert(toks(1, 2, 4), [10, 11, 13])  # splits: [1, 2] with children [3] and [4]
+    tree.insert(toks(9), [19])
+    tree.match_prefix(toks(1, 2))  # [1, 2] newer than [9]: not the next victim once a leaf
+    tree.insert(toks(7), [17])
+    for _ in range(stale):
+        tree.match_prefix(toks(7))  # a stale heap entry per touch, newer than [1, 2]
+    tree.lock(tree.match_prefix(toks(7)).last_node)  # [7]'s entries all stale now
+    assert sorted(tree.evict(tree.evictable_blocks())) == [10, 11, 12, 13, 19]
+    assert tree.evictable_blocks() == 0

@@ -672,11 +672,11 @@ class RadixTree:
             self._rebuild_heap()
         policy = self.policy
         per_block = policy.rank_per_block
-        heap = self._heap
         leaves = self._evictable_leaves
         freed: list[int] = []
-        while len(freed) < num_blocks and heap:
-            _, _, version, node = heapq.heappop(heap)
+        # self._heap, not a local: a push below may compact it into a new list.
+        while len(freed) < num_blocks and self._heap:
+            _, _, version, node = heapq.heappop(self._heap)
             if version != node.heap_version or node not in leaves:
                 continue
             while True:
