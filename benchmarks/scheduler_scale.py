@@ -799,8 +799,10 @@ def save(args: argparse.Namespace, results: list[dict[str, Any]], commands: list
     runs = "\n".join(f"    {c}" for c in commands)
     text = (
         "# Scheduler at scale: vLLM's Scheduler vs RadixScheduler (no model)\n\n"
-        f"Machine: {where}. Provisional: measured on a 2-core box shared with other work; "
-        "to be re-run on a quiet machine.\n\n"
+        f"Machine: {where}. One run per configuration, each in its own process; the "
+        "2 cores may have been shared with other work, so the CPU-time columns (this "
+        "thread's CPU time over the same spans) give the ratio that contention cannot "
+        "move.\n\n"
         f"{runs}\n\n"
         "Step = `schedule()` + `update_from_output()` (+ `get_grammar_bitmask()` and "
         "`update_draft_token_ids()` for structured output), over the measured steady-state "
