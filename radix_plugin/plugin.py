@@ -35,11 +35,11 @@ def register() -> None:
         allow_plain_sampling_with_drafts,
         install_default_speculative_config,
         install_engine_args_check,
-        vllm_version_allowed,
+        vllm_seams_allowed,
     )
     from radix_plugin.config import check_plugin_config
 
-    if vllm_version_allowed():  # every patch below was read from a supported vLLM
+    if vllm_seams_allowed("registration"):  # every seam the patches below use is intact
         install_default_speculative_config(jump_forward_speculative_config)
         install_engine_args_check(check_plugin_config)
         allow_plain_sampling_with_drafts(jump_forward_only)
