@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.radix-plugin-installed
 SGLANG_VERSION := 0.5.23
 
-.PHONY: setup demo test lint bench soak models clean
+.PHONY: setup demo test lint bench soak models compat clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: setup
 SOAK_S ?= 300
 soak: setup
 	$(PY) benchmarks/soak.py --duration $(SOAK_S)
+
+# Not in `make test`: downloads each supported vLLM wheel (no dependencies) into .cache/ and
+# checks radix_plugin.compat.SEAMS against its source, statically (see README, "vLLM versions").
+compat: $(STAMP)
+	$(PY) benchmarks/vllm_compat.py --cache .cache/vllm-wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

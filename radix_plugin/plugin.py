@@ -15,9 +15,12 @@ What it installs acts only on such engines:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from radix_plugin.config import JUMP_FORWARD_PROPOSER
+
+logger = logging.getLogger(__name__)
 
 _registered = False
 
@@ -35,11 +38,11 @@ def register() -> None:
         allow_plain_sampling_with_drafts,
         install_default_speculative_config,
         install_engine_args_check,
-        vllm_version_allowed,
+        vllm_seams_allowed,
     )
     from radix_plugin.config import check_plugin_config
 
-    if vllm_version_allowed():  # every patch below was read from a supported vLLM
+    if vllm_seams_allowed("registration"):  # every seam the patches below use is intact
         install_default_speculative_config(jump_forward_speculative_config)
         install_engine_args_check(check_plugin_config)
         allow_plain_sampling_with_drafts(jump_forward_only)
@@ -58,8 +61,12 @@ def jump_forward_speculative_config(engine_args: Any) -> dict[str, Any] | None:
     """The no-op-proposer speculative config jump-forward needs, or None to leave vLLM alone.
 
     Supplied when the scheduler is `RadixScheduler` (or a subclass), `jump_forward` is not
-    off, and no logits processors are named (vLLM refuses them with speculative decoding).
-    vLLM 0.32 turns async scheduling (and Model Runner V2) off for this kind of proposer;
+    off, no logits processors are named (vLLM refuses them with speculative decoding), and
+    vLLM's structured-output backend is `auto` or `xgrammar` (scheduler-side grammars are
+    xgrammar's: with another backend vLLM 0.33 rejects them, 0.32 compiles them with that
+    backend, without the matcher jump-forward reads). Where it is supplied, `auto` becomes
+    `xgrammar` (`pin_xgrammar_backend`).
+    vLLM 0.32 and 0.33 turn async scheduling (and Model Runner V2) off for this kind of proposer;
     the CPU backend runs without async scheduling anyway, so there it is on by default; on
     other platforms only with an explicit `{"jump_forward": true}`.
     """
@@ -73,11 +80,54 @@ def jump_forward_speculative_config(engine_args: Any) -> dict[str, Any] | None:
         return None
     if jump_forward is not True and not _on_cpu():
         return None
+    backend = _structured_outputs_backend(engine_args)
+    if backend not in ("auto", "xgrammar"):
+        logger.warning(
+            "radix_plugin: jump-forward off: it compiles grammars scheduler-side with xgrammar, "
+            "and this engine's structured-output backend is %r (radix grammars then run in the "
+            "plugin's logits processor)",
+            backend,
+        )
+        return None
+    if backend == "auto":
+        pin_xgrammar_backend(engine_args)
     return {
         "method": "custom_class",
         "model": JUMP_FORWARD_PROPOSER,
         "num_speculative_tokens": DRAFT_SLOTS,
     }
+
+
+def pin_xgrammar_backend(engine_args: Any) -> None:
+    """Make vLLM's structured-output backend ``xgrammar`` instead of ``auto``.
+
+    Why: a structured-output manager compiles with one backend per engine, the one its first
+    structured request resolved to. Under ``auto`` a vLLM request that xgrammar rejects
+    resolves to guidance (or outlines) and latches it; the plugin's scheduler-side grammars
+    are xgrammar's, and then vLLM 0.33.0 refuses every one of them, while 0.32.0 hands them
+    to guidance, which cannot read some (the strict JSON grammar's escapes), so the request
+    fails with a 500. Pinned, such a vLLM request gets vLLM's own 400 at admission instead
+    ("not supported by xgrammar"), and every grammar the engine runs is xgrammar's. Runs in
+    ``create_engine_config`` before vLLM reads the setting, in each process that builds the
+    config (the API server's validation and the engine core agree)."""
+    config = engine_args.structured_outputs_config
+    if isinstance(config, dict):
+        engine_args.structured_outputs_config = {**config, "backend": "xgrammar"}
+    else:
+        config.backend = "xgrammar"
+    logger.info(
+        "radix_plugin: structured-output backend auto -> xgrammar (jump-forward compiles "
+        "grammars scheduler-side with xgrammar; one backend per engine)"
+    )
+
+
+def _structured_outputs_backend(engine_args: Any) -> str:
+    """The backend the user chose for vLLM's structured outputs (``auto`` if none)."""
+    config = getattr(engine_args, "structured_outputs_config", None)
+    backend = (
+        config.get("backend") if isinstance(config, dict) else getattr(config, "backend", None)
+    )
+    return backend or "auto"
 
 
 def _names_radix_scheduler(scheduler_cls: Any) -> bool:

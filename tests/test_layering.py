@@ -29,6 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "radix_plugin"
 
 FLOORS: tuple[tuple[str, str], ...] = (
     ("compat.py", "compat"),
+    ("seams.py", "compat"),
     ("plugin.py", "plugin"),
     ("__init__.py", "pure"),
     ("lazy_exports.py", "pure"),

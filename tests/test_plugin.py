@@ -14,7 +14,13 @@ from radix_plugin.logits.engine_core.jump_forward_drafts import NoDraftProposer
 
 
 def _args(**kw: Any) -> SimpleNamespace:
-    base = {"scheduler_cls": "radix_plugin.RadixScheduler", "logits_processors": None}
+    from vllm.config import StructuredOutputsConfig
+
+    base = {
+        "scheduler_cls": "radix_plugin.RadixScheduler",
+        "logits_processors": None,
+        "structured_outputs_config": StructuredOutputsConfig(),
+    }
     return SimpleNamespace(**{"additional_config": {}, **base, **kw})
 
 
@@ -74,3 +80,53 @@ def test_register_installs_the_seam_once() -> None:
     hook = EngineArgs.create_speculative_config
     assert hook._radix_default is plugin.jump_forward_speculative_config  # type: ignore[attr-defined]
     assert not hasattr(hook.__wrapped__, "_radix_default")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("config", [{"backend": "guidance"}, "outlines-object"])
+def test_jump_forward_stays_off_with_another_structured_output_backend(
+    on_cpu: None, config: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scheduler-side grammars are xgrammar's: with another backend (a dict from
+    ``LLM(...)`` or vLLM's config object) radix grammars stay in the logits processor."""
+    from vllm.config import StructuredOutputsConfig
+
+    if config == "outlines-object":
+        config = StructuredOutputsConfig(backend="outlines")
+    asked = _args(
+        structured_outputs_config=config,
+        additional_config={"radix_plugin": {"jump_forward": True}},
+    )
+    assert plugin.jump_forward_speculative_config(asked) is None
+    assert "jump-forward off" in caplog.text
+    for ok in ({"backend": "xgrammar"}, {"backend": "auto"}):
+        assert plugin.jump_forward_speculative_config(_args(structured_outputs_config=ok))
+
+
+def test_jump_forward_pins_auto_to_xgrammar_in_the_engine_config(on_cpu: None) -> None:
+    """One backend per engine: under ``auto`` a vLLM request xgrammar rejects would latch
+    guidance, on which the plugin's grammars fail; with jump-forward on, vLLM's own config
+    (built by ``create_engine_config``, as every process builds it) says xgrammar."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from radix_plugin.compat import install_default_speculative_config
+    from radix_plugin.testing.models import get_model_path
+
+    install_default_speculative_config(plugin.jump_forward_speculative_config)
+    model = str(get_model_path("tiny"))
+    radix = EngineArgs(
+        model=model, max_model_len=256, scheduler_cls="radix_plugin.RadixScheduler"
+    ).create_engine_config()
+    assert radix.speculative_config.model == JUMP_FORWARD_PROPOSER
+    assert radix.structured_outputs_config.backend == "xgrammar"
+    plain = EngineArgs(model=model, max_model_len=256).create_engine_config()
+    assert plain.speculative_config is None
+    assert plain.structured_outputs_config.backend == "auto"
+
+
+def test_jump_forward_off_leaves_auto_alone(on_cpu: None) -> None:
+    off = _args(additional_config={"radix_plugin": {"jump_forward": False}})
+    assert plugin.jump_forward_speculative_config(off) is None
+    assert off.structured_outputs_config.backend == "auto"
+    chosen = _args(structured_outputs_config={"backend": "auto"})
+    assert plugin.jump_forward_speculative_config(chosen) is not None
+    assert chosen.structured_outputs_config == {"backend": "xgrammar"}

@@ -15,6 +15,7 @@ import asyncio
 import json
 import uuid
 from argparse import Namespace
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -23,8 +24,14 @@ from vllm import SamplingParams
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from radix_plugin.api_server.core.sglang_request import SglRequestError, parse_generate
-from radix_plugin.api_server.sglang_generate import SglGenerator
+from radix_plugin.api_server.sglang_generate import (
+    SequenceFailed,
+    SglGenerator,
+    error_body,
+    failure_answer,
+)
 from radix_plugin.api_server.sglang_sampling import EngineLimits, prefill_pin_ttl_from_env
+from radix_plugin.compat import check_vllm_seams
 from radix_plugin.plugin_allowlist import SGLANG_ENDPOINT_PLUGIN, check_allowlist
 
 HEALTH_TIMEOUT_S = 30.0
@@ -39,6 +46,7 @@ class SglangEndpointPlugin:
 
     def attach_router(self, app: FastAPI) -> None:
         check_allowlist()  # raises here: vLLM does not catch errors from attach_router
+        check_vllm_seams("api_server")  # the vLLM names this endpoint uses
         app.include_router(router)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -122,12 +130,23 @@ async def _generate(body: Any, raw_request: Request) -> Response:
     except (SglRequestError, ValueError) as exc:
         return _error(exc)
     if request.stream:
-        return StreamingResponse(gen.sse(preps, request.batched), media_type="text/event-stream")
+        events = gen.sse(preps, request.batched)
+        try:  # the first event decides the status: a request vLLM refuses is not a 200
+            first = await anext(events)
+        except SequenceFailed as failure:
+            return _failure(failure)
+        return StreamingResponse(_resume(first, events), media_type="text/event-stream")
     try:
         results = await gen.run(preps)
-    except ValueError as exc:  # vLLM's own validation (e.g. a logits processor's check)
-        return _error(exc)
+    except SequenceFailed as failure:  # vLLM refused or failed a sequence (errors.py)
+        return _failure(failure)
     return JSONResponse(results if request.batched else results[0])
+
+
+async def _resume(first: str, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for event in events:
+        yield event
 
 
 @router.post("/abort_request")
@@ -163,6 +182,14 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise SglRequestError("body", f"is not valid JSON: {exc}") from None
+
+
+def _failure(failure: SequenceFailed) -> JSONResponse:
+    """SGLang's error shape with the status ``errors.http_error`` gives (``Retry-After`` on
+    a 503 the server can serve later)."""
+    answer = failure_answer(failure)
+    headers = {"Retry-After": str(answer.retry_after_s)} if answer.retry_after_s else None
+    return JSONResponse(error_body(failure), status_code=answer.status, headers=headers)
 
 
 def _error(exc: Exception) -> JSONResponse:

@@ -17,9 +17,16 @@ from typing import Any
 from vllm.outputs import RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 
-from radix_plugin.api_server.core.sglang_request import SglGenerate, SglRequestError
+from radix_plugin.api_server.core.sglang_request import SglGenerate, SglItem, SglRequestError
+from radix_plugin.api_server.errors import HttpError, http_error
 from radix_plugin.api_server.sglang_output import ItemState, response
-from radix_plugin.api_server.sglang_sampling import EngineLimits, Plan, plan_item
+from radix_plugin.api_server.sglang_sampling import (
+    GRAMMAR_FIELDS,
+    EngineLimits,
+    Plan,
+    plan_item,
+    sglang_names,
+)
 
 
 @dataclass
@@ -37,6 +44,17 @@ class Prepared:
     state: ItemState
     plan: Plan
     prompt_ids: list[int]
+    grammar_field: str | None = None
+    """The SGLang field holding the item's grammar (``sampling_params.regex``, ...)."""
+
+
+class SequenceFailed(Exception):
+    """vLLM's engine client raised for one sequence (``error``); ``prep`` says which."""
+
+    def __init__(self, prep: Prepared, error: Exception) -> None:
+        super().__init__(str(error))
+        self.prep = prep
+        self.error = error
 
 
 class SglGenerator:
@@ -65,7 +83,7 @@ class SglGenerator:
             plan = plan_item(item, len(ids), self.limits, prefix)
             max_new = plan.params.max_tokens if not plan.prefill_only else 0
             state = ItemState(item, ids, plan.prefill_only, max_new or 0)
-            out.append(Prepared(state, plan, ids))
+            out.append(Prepared(state, plan, ids, grammar_field(item, prefix)))
         return out
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -97,6 +115,8 @@ class SglGenerator:
         try:
             async for out in self.generate_ids(prep.prompt_ids, prep.plan.params, vllm_id):
                 yield out
+        except Exception as exc:  # named per sequence: the endpoint answers in SGLang's shape
+            raise SequenceFailed(prep, exc) from exc
         finally:
             if self.running.by_rid.get(rid) == vllm_id:
                 del self.running.by_rid[rid]
@@ -113,27 +133,36 @@ class SglGenerator:
             yield out
 
     async def run(self, preps: list[Prepared]) -> list[dict[str, Any]]:
-        """All sequences' final responses; one failing (or a client gone) aborts the rest."""
+        """All sequences' final responses; one failing (or a client gone) aborts the rest,
+        before the answer goes out (a client retrying at once finds them gone)."""
         tasks = [asyncio.ensure_future(self.run_one(p)) for p in preps]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sse(self, preps: list[Prepared], batched: bool) -> AsyncIterator[str]:
-        """Server-sent events: cumulative text per sequence, then ``data: [DONE]``."""
+        """Server-sent events: cumulative text per sequence, then ``data: [DONE]``.
+
+        A sequence that fails before the first event raises ``SequenceFailed`` (the endpoint
+        then answers with an HTTP status); later, the failure is an error event."""
         streams = [self._stream(p) for p in preps]
         finished = [False] * len(preps)
+        started = False
         try:
             async for i, out in merge_async_iterators(*streams):
                 chunk = response(preps[i].state, out, self.decode)
                 finished[i] = out.finished
                 if batched:
                     chunk["index"] = i
+                started = True
                 yield _event(chunk)
-        except ValueError as exc:  # rejected by vLLM's own validation mid-batch
-            yield _event({"error": {"message": str(exc), "code": 400}})
+        except SequenceFailed as failure:
+            if not started:
+                raise
+            yield _event(error_body(failure))
         for i, done in enumerate(finished):
             if not done:
                 chunk = _aborted(preps[i].state)
@@ -149,6 +178,36 @@ class SglGenerator:
         if ids:
             await self.engine.abort(ids)
         return ids
+
+
+def grammar_field(item: SglItem, prefix: str) -> str | None:
+    """``prefix.regex`` (or ``json_schema``, ``ebnf``) if the item has that grammar."""
+    for name in GRAMMAR_FIELDS:
+        if getattr(item.sampling, name) is not None:
+            return f"{prefix}.{name}"
+    return None
+
+
+def failure_answer(failure: SequenceFailed) -> HttpError:
+    """The HTTP answer for a failed sequence: ``errors.http_error``, a 400 naming the
+    item's grammar field when the item has one (vLLM says "Invalid structured outputs" or
+    names the plugin's key), a 500 for an exception vLLM does not classify."""
+    answer = http_error(failure.error)
+    if answer is None:
+        return HttpError(500, f"{type(failure.error).__name__}: {failure.error}", "InternalError")
+    field = failure.prep.grammar_field
+    if answer.status == 400 and field is not None:
+        message = f"{field}: {sglang_names(answer.message)}"
+        return HttpError(400, message, answer.err_type, param=field)
+    return answer
+
+
+def error_body(failure: SequenceFailed) -> dict[str, Any]:
+    answer = failure_answer(failure)
+    body: dict[str, Any] = {"message": answer.message, "code": answer.status}
+    if answer.param:
+        body["param"] = answer.param
+    return {"error": body}
 
 
 def _aborted(state: ItemState) -> dict[str, Any]:

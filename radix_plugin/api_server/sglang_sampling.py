@@ -51,6 +51,8 @@ long enough for the fork/select requests that follow it, short enough that an ab
 program's prefix is soon evictable again."""
 
 _GRAMMAR_KEYS = {"json_schema": XARG_JSON_SCHEMA, "regex": XARG_REGEX, "ebnf": XARG_EBNF}
+GRAMMAR_FIELDS = tuple(_GRAMMAR_KEYS)
+"""SGLang's grammar fields in ``sampling_params``."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def _extra_args(
         if spec is not None:
             build_grammar(spec)
     except GrammarSpecError as exc:
-        raise SglRequestError(_grammar_field(extra, prefix), _sgl_names(str(exc))) from None
+        raise SglRequestError(_grammar_field(extra, prefix), sglang_names(str(exc))) from None
     pin = prefill_only and limits.radix_scheduler and limits.prefill_pin_ttl_s > 0
     if pin and not any(k in extra for k in (XARG_PIN, XARG_UNPIN)):
         extra[XARG_PIN] = True
@@ -173,7 +175,7 @@ def _grammar_field(extra: dict[str, Any], prefix: str) -> str:
     return "vllm_xargs"
 
 
-def _sgl_names(message: str) -> str:
+def sglang_names(message: str) -> str:
     """Grammar errors name the radix key; SGLang clients sent the plain field."""
     for name, key in _GRAMMAR_KEYS.items():
         message = message.replace(key, name)

@@ -363,3 +363,25 @@ def test_a_load_waits_for_the_compute_stream_and_compute_waits_for_the_load(
     for layer, pages in enumerate(worker.store.pages):
         assert torch.equal(pages[2], before[layer][1]) and torch.equal(pages[5], before[layer][4])
     worker.shutdown()
+
+
+def test_host_tier_refuses_sleep_mode_where_vllm_asks() -> None:
+    """vLLM 0.33.0 refuses ``--enable-sleep-mode`` with a connector whose
+    ``supports_sleep_mode(kv_transfer_config)`` is False (config/vllm.py:1254-1267; the
+    class comes from the connector factory, as here). The host tier's views into KV memory
+    would not survive sleep, so it says no, and keeps vLLM's no-op ``unregister_kv_caches``
+    / ``restore_kv_caches`` (0.33.0 calls them only on sleep, wake-up and discard). 0.32.0
+    has no sleep hooks for connectors."""
+    from vllm.config import KVTransferConfig
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+
+    config = KVTransferConfig(
+        kv_connector="RadixHostTierConnector",
+        kv_connector_module_path="radix_plugin.cache_manager.connector",
+        kv_role="kv_both",
+    )
+    connector_cls = KVConnectorFactory.get_connector_class(config)
+    assert connector_cls.__name__ == "RadixHostTierConnector"
+    assert connector_cls.supports_sleep_mode(config) is False
+    for hook in ("unregister_kv_caches", "restore_kv_caches"):
+        assert hook not in vars(connector_cls)

@@ -125,17 +125,3 @@ def test_one_hot_rows_allow_exactly_the_draft_token() -> None:
     for row, token in zip(rows.view(np.uint32), [0, 31, 32, 95], strict=True):
         bits = [w * 32 + b for w in range(3) for b in range(32) if int(row[w]) >> b & 1]
         assert bits == [token]
-
-
-def test_splice_forced_rows_puts_one_hot_rows_before_the_bonus_row() -> None:
-    import numpy as np
-
-    from radix_plugin.logits.engine_core.jump_forward_drafts import one_hot_rows, splice_forced_rows
-
-    # vLLM's rows: "a" (not forced, 2 drafts -> 3 rows), "b" (forced: only its bonus row).
-    bitmask = np.arange(4 * 2, dtype=np.int32).reshape(4, 2)
-    out = splice_forced_rows(bitmask, ["a", "b"], {"a": [5, 6]}, {"b": [7, 40]})
-    assert out.shape == (6, 2)
-    assert (out[:3] == bitmask[:3]).all()
-    assert (out[3:5] == one_hot_rows([7, 40], 2)).all()
-    assert (out[5] == bitmask[3]).all()

@@ -1,6 +1,6 @@
 """``RadixHostTierConnector``: KVFlow's host tier and prefetch as an out-of-tree KV connector.
 
-Written against vLLM 0.32.0's ``KVConnectorBase_V1``. Enable it with::
+Written against vLLM 0.32.0's and 0.33.0's ``KVConnectorBase_V1``. Enable it with::
 
     --scheduler-cls radix_plugin.RadixScheduler
     --kv-transfer-config '{"kv_connector": "RadixHostTierConnector",
@@ -83,6 +83,19 @@ class RadixHostTierConnector(KVConnectorBase_V1):
             from radix_plugin.cache_manager.worker.host_tier import HostTierWorker
 
             self.worker_side = HostTierWorker(kv_cache_config, slots)
+
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:
+        """No: vLLM 0.33.0 asks before it allows ``--enable-sleep-mode`` (and refuses the
+        combination on False); 0.32.0 has no sleep hooks for connectors and does not ask.
+
+        The worker side keeps strided byte views into the engine's KV tensors, written by a
+        background load thread, and the scheduler side believes the device blocks it loaded
+        hold their content. Sleep frees or remaps that memory and discards the content, so
+        the views would dangle and the loaded blocks would be wrong; rebuilding both after a
+        wake-up (``unregister_kv_caches`` / ``restore_kv_caches``) is not implemented.
+        """
+        return False
 
     @property
     def _sched(self) -> HostTierScheduler:

@@ -1,8 +1,8 @@
 """``--scheduler-cls radix_plugin.RadixScheduler``: vLLM's scheduler with the radix cache.
 
-Written against vLLM 0.32.0. It does not fork vLLM's scheduling logic: it builds vLLM's own
-scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``) and wraps a few of its
-methods, each override delegating to one collaborator per concern:
+Written against vLLM 0.32.0 and 0.33.0. It does not fork vLLM's scheduling logic: it builds
+vLLM's own scheduler with a ``RadixBlockPool`` (see ``radix_plugin.compat``) and wraps a few
+of its methods, each override delegating to one collaborator per concern:
 
 - ``waiting_order.WaitingQueueOrder``: the waiting queue in cache-aware order before each
   ``schedule()``, the starvation bound, hold-back of followers (in-batch sharing);
@@ -32,7 +32,7 @@ from radix_plugin.cache_manager.engine_core.pins import PinManager
 from radix_plugin.cache_manager.engine_core.waiting_order import WaitingQueueOrder
 from radix_plugin.compat import (
     SchedulerSeam,
-    check_vllm_version,
+    check_vllm_seams,
     install_lookup_patch,
     put_pin_stats,
     radix_block_pool,
@@ -62,7 +62,7 @@ class RadixSchedulerMixin(SchedulerSeam):
     radix_drafter: JumpForwardDrafter
 
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
-        check_vllm_version()
+        check_vllm_seams("scheduler")  # before anything is patched
         # VLLM_PLUGINS without our general plugin would silently drop what it installs.
         check_allowlist((GENERAL_PLUGIN,))
         try:

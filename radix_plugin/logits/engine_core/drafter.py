@@ -16,6 +16,7 @@ from typing import Any
 
 from vllm.sampling_params import SamplingType
 
+from radix_plugin.compat import BitmaskLayout, grammar_bitmask_layout
 from radix_plugin.logits.core.jump_forward_mode import JumpForwardModeError, force_run, request_mode
 from radix_plugin.logits.engine_core.jump_forward_drafts import (
     MemoTokenizer,
@@ -68,7 +69,9 @@ class JumpForwardDrafter:
     """Grammars, modes and forced drafts of the scheduler's requests.
 
     ``draft_engine``: the engine runs the plugin's no-op proposer (so vLLM verifies drafts
-    and grammars are scheduler-side); ``jump_forward``: drafts are offered at all.
+    and grammars are scheduler-side); ``jump_forward``: drafts are offered at all;
+    ``bitmask_layout``: where vLLM puts each request's bitmask rows (default: the running
+    vLLM's, from ``compat``).
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class JumpForwardDrafter:
         default_mode: str,
         min_forced_tokens: int,
         on_cpu: bool,
+        bitmask_layout: BitmaskLayout | None = None,
     ) -> None:
         self._manager = manager
+        self._layout = bitmask_layout or grammar_bitmask_layout()
         self.draft_engine = draft_engine
         self.jump_forward = jump_forward and draft_engine
         self._num_spec_tokens = num_spec_tokens
@@ -176,7 +181,9 @@ class JumpForwardDrafter:
         if out is None:
             return None
         ids = out.structured_output_request_ids
-        out.grammar_bitmask = splice_forced_rows(out.grammar_bitmask, ids, others, forced)
+        out.grammar_bitmask = splice_forced_rows(
+            out.grammar_bitmask, ids, others, forced, self._layout
+        )
         out.num_acceptable_drafts = [
             len(forced[rid]) if rid in forced else n
             for rid, n in zip(ids, out.num_acceptable_drafts or [0] * len(ids), strict=True)

@@ -1,4 +1,4 @@
-"""Scheduler-side glue for jump-forward as speculative drafts (vLLM 0.32, V1 runner).
+"""Scheduler-side glue for jump-forward as speculative drafts (vLLM 0.32 / 0.33, V1 runner).
 
 Why drafts: the V1 worker keeps its own copy of every request's tokens and never reads tokens
 the scheduler appends (`CachedRequestData.new_token_ids` is only filled under pipeline
@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radix_plugin.compat import (
+    BitmaskLayout,
     grammar_constrains_next_token,
     hold_until_grammar_compiled,
+    init_scheduler_grammar,
     mark_xgrammar_backend,
 )
 from radix_plugin.logits.core.grammar_spec import (
@@ -111,7 +113,8 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
 
     Call before `Scheduler.add_request`. Returns True when a grammar was attached
     (compilation starts asynchronously, and vLLM's scheduler holds the request until it is
-    ready). Requests that already use vLLM's own
+    ready; a grammar that cannot start fails the request, see `_install_grammar`). Requests
+    that already use vLLM's own
     `structured_outputs`, or carry no grammar keys, are left alone. The grammar is the same
     strict EBNF the logits processor uses, so JSON strings still exclude raw control
     characters. Malformed keys (only possible if admission validation was bypassed) are
@@ -129,7 +132,7 @@ def attach_xargs_grammar(request: Request, manager: StructuredOutputManager) -> 
     except GrammarSpecError as exc:
         logger.error("request %s: ignoring radix grammar: %s", request.request_id, exc)
         return False
-    _install_grammar(request, manager, ebnf)
+    _install_grammar(request, manager, ebnf, spec.kind.value)
     return True
 
 
@@ -161,13 +164,18 @@ def make_vllm_json_strict(request: Request, manager: StructuredOutputManager) ->
     except GrammarSpecError as exc:
         logger.debug("request %s: keeping vLLM's JSON grammar: %s", request.request_id, exc)
         return False
-    _install_grammar(request, manager, ebnf)
+    _install_grammar(request, manager, ebnf, "structured_outputs.json")
     return True
 
 
-def _install_grammar(request: Request, manager: StructuredOutputManager, ebnf: str) -> None:
-    """Make ``ebnf`` the request's vLLM structured-output grammar, compiled by xgrammar in
-    the manager's pool; the request waits for it as vLLM's own structured requests do."""
+def _install_grammar(
+    request: Request, manager: StructuredOutputManager, ebnf: str, name: str
+) -> None:
+    """Make ``ebnf`` (the request's ``name`` grammar) its vLLM structured-output grammar,
+    compiled by xgrammar in the manager's pool; the request waits for it as vLLM's own
+    structured requests do. Where the grammar cannot start (the manager latched another
+    backend; vLLM 0.33's ``grammar_init`` raises), vLLM fails the request at its next step
+    instead of this raising in the engine core (``compat.init_scheduler_grammar``)."""
     from vllm.sampling_params import StructuredOutputsParams
     from vllm.v1.structured_output.request import StructuredOutputRequest
 
@@ -176,7 +184,7 @@ def _install_grammar(request: Request, manager: StructuredOutputManager, ebnf: s
     request.sampling_params.structured_outputs = structured
     request.structured_output_request = StructuredOutputRequest(params=structured)
     hold_until_grammar_compiled(request)
-    manager.grammar_init(request)
+    init_scheduler_grammar(request, manager, name)
 
 
 def forced_draft_tokens(
@@ -298,14 +306,28 @@ def splice_forced_rows(
     request_ids: list[str],
     other_spec_tokens: dict[str, list[int]],
     forced: dict[str, list[int]],
+    layout: BitmaskLayout,
 ) -> np.ndarray:
-    """Insert one-hot rows for each forced draft before its request's bonus-token row.
+    """vLLM's bitmask with one-hot rows for each forced draft before its request's bonus row.
 
     `bitmask` was built by vLLM with the forced requests' drafts hidden (their grammars
-    advanced past them), so each forced request has exactly one row there: the mask after its
-    drafts. Other requests keep their `1 + len(drafts)` rows. One output array, filled in
-    place (no per-request allocation).
+    advanced past them), so vLLM wrote one row for each forced request: the mask after its
+    drafts. ``layout`` (``compat.grammar_bitmask_layout``) says where vLLM's rows are and where
+    the worker reads them. A new array either way: vLLM's is a view of its persistent buffer.
     """
+    if layout is BitmaskLayout.PACKED:
+        return _splice_packed(bitmask, request_ids, other_spec_tokens, forced)
+    return _splice_request_blocks(bitmask, request_ids, forced)
+
+
+def _splice_packed(
+    bitmask: np.ndarray,
+    request_ids: list[str],
+    other_spec_tokens: dict[str, list[int]],
+    forced: dict[str, list[int]],
+) -> np.ndarray:
+    """Packed rows (vLLM 0.32.0): each request's ``1 + len(drafts)`` rows back to back, so
+    the forced rows are inserted and every later request's rows move down."""
     total = bitmask.shape[0] + sum(len(forced[rid]) for rid in request_ids if rid in forced)
     out = np.empty((total, bitmask.shape[1]), dtype=bitmask.dtype)
     row = dst = 0
@@ -322,4 +344,32 @@ def splice_forced_rows(
         out[dst : dst + n] = bitmask[row : row + n]
         row += n
         dst += n
+    return out
+
+
+def _splice_request_blocks(
+    bitmask: np.ndarray, request_ids: list[str], forced: dict[str, list[int]]
+) -> np.ndarray:
+    """One block per request (vLLM 0.33.0): request ``i`` owns rows ``[i*S, (i+1)*S)``, with
+    ``S`` = rows / requests as vLLM's readers derive it, and its rows start the block.
+
+    The shape stays; only forced requests' blocks change: ``k`` one-hot rows, vLLM's row (at
+    the block's start) moved to ``i*S + k``, the rest of the block allow-all (vLLM leaves
+    rows it does not write as an earlier step left them; no reader applies them)."""
+    stride, rest = divmod(bitmask.shape[0], len(request_ids))
+    if rest:
+        raise ValueError(f"{bitmask.shape[0]} bitmask rows for {len(request_ids)} requests")
+    out = bitmask.copy()
+    for i, req_id in enumerate(request_ids):
+        drafts = forced.get(req_id)
+        if drafts is None:
+            continue
+        start, k = i * stride, len(drafts)
+        if k >= stride:
+            raise ValueError(f"request {req_id}: {k} forced drafts in a block of {stride} rows")
+        out[start + k] = bitmask[start]
+        block = out[start : start + k].view(np.uint32)
+        block.fill(0)
+        _set_one_hot(block, drafts)
+        out[start + k + 1 : start + stride] = -1
     return out
