@@ -17,11 +17,13 @@ used where they are; what vLLM does not expose is reached only through this modu
   (``SchedulerSeam.on_request_freed``).
 - ``KVConnectorBase_V1._get_connector_metadata`` (the step's metadata in the worker).
 - ``SchedulerStats`` reaches the API server as msgpack of its declared fields only, so the
-  pin stats ride in its one free-form ``dict[str, int]``, ``num_kv_fetch_reqs_by_stage``,
-  under ``radix_plugin:`` keys that the plugin's stat logger takes out again before
-  vLLM's loggers read it (``put_pin_stats`` / ``take_pin_stats``).
+  plugin's metrics ride in its one free-form ``dict[str, int]``,
+  ``num_kv_fetch_reqs_by_stage``, under ``radix_plugin:`` keys that the plugin's stat
+  logger takes out again before vLLM's loggers read it (``put_plugin_stats`` /
+  ``take_plugin_stats``; the same in vLLM 0.33.0).
 - ``EngineArgs.create_engine_config`` runs the plugin's config check first, in the user's
-  process, before any engine core starts (``install_engine_args_check``).
+  process, before any engine core starts (``install_engine_args_check``), then lets the
+  plugin supply the host tier's ``--kv-transfer-config`` (``install_default_kv_transfer_config``).
 - ``SamplingParams._validate_spec_decode`` and ``build_logitsprocs`` (module level, and as
   imported by ``gpu_model_runner``) let ``min_p`` / ``logit_bias`` through when the only
   drafts are jump-forward's (``allow_plain_sampling_with_drafts``).
@@ -54,7 +56,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vllm.v1.core.block_pool import BlockPool
@@ -192,7 +194,8 @@ def install_lookup_patch(pool_cls: type) -> None:
     vLLM 0.32.0, ``v1/core/single_type_kv_cache_manager.py``: the classmethod
     ``FullAttentionManager.find_longest_cache_hit`` walks the hash map block by block. For
     one group, no EAGLE drop, no context parallelism and pool-sized blocks, the pool's
-    ``longest_cached_prefix`` answers instead; every other call goes to vLLM's code.
+    ``request_lookup`` answers instead (and counts the lookup for /metrics); every other
+    call goes to vLLM's code.
     """
     from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 
@@ -241,9 +244,7 @@ def install_lookup_patch(pool_cls: type) -> None:
                 dcp_world_size,
                 pcp_world_size,
             )
-        blocks = block_pool.longest_cached_prefix(
-            block_hashes, max_length // kv_cache_spec.block_size, kv_cache_group_ids[0]
-        )
+        blocks = block_pool.request_lookup(block_hashes, max_length, kv_cache_group_ids[0])
         return (blocks,), len(blocks) * kv_cache_spec.block_size
 
     find_longest_cache_hit._radix_original = original  # type: ignore[attr-defined]
@@ -281,32 +282,67 @@ def grammar_constrains_next_token(request: Request, manager: StructuredOutputMan
     return manager._get_constraint_bounds(request, ()).constraint_start == 0
 
 
-PIN_STATS_KEY_PREFIX = "radix_plugin:"
+# --- the plugin's metrics into the API server (vLLM 0.32.0 and 0.33.0: v1/metrics/stats.py,
+# v1/core/sched/scheduler.py make_stats, v1/metrics/loggers.py) ----------------------------
+
+PLUGIN_STATS_KEY_PREFIX = "radix_plugin:"
+"""Every key the plugin adds to the carrier starts so (``radix_plugin.plugin_metrics``)."""
 
 
-def put_pin_stats(scheduler_stats: Any, values: Any) -> None:
-    """EngineCore side: add the pin counts (an object with ``as_dict()`` of ints) to a
-    ``SchedulerStats`` (vLLM 0.32.0: its dataclass fields are all that crosses the process
-    boundary, and ``num_kv_fetch_reqs_by_stage`` is the only ``dict[str, int]``; vLLM's
-    loggers read only its own stage keys there, with ``.get``)."""
+def put_plugin_stats(scheduler_stats: Any, samples: Mapping[str, int]) -> None:
+    """EngineCore side: add the plugin's samples (``plugin_metrics.sample_key`` -> int) to
+    the ``SchedulerStats`` that ``make_stats`` returns.
+
+    Why this field: ``SchedulerStats`` crosses from EngineCore to the API server as msgpack
+    of its declared dataclass fields only (an added attribute would be dropped), and
+    ``num_kv_fetch_reqs_by_stage`` is its one free-form ``dict[str, int]``. vLLM fills it
+    with its own KV-fetch stage names and its loggers read those with ``.get``, so extra
+    ``radix_plugin:`` keys do not disturb them; only ints fit, so labels travel inside the
+    keys. vLLM 0.32.0 and 0.33.0 declare the same ``SchedulerStats`` and the same
+    stat-logger plugin interface (``vllm.stat_logger_plugins``, plugin loggers called
+    before vLLM's own), so this seam serves both.
+    """
     carrier = scheduler_stats.num_kv_fetch_reqs_by_stage
-    for name, value in values.as_dict().items():
-        carrier[PIN_STATS_KEY_PREFIX + name] = int(value)
+    for key, value in samples.items():
+        carrier[key] = int(value)
 
 
-def take_pin_stats(scheduler_stats: Any) -> dict[str, int] | None:
-    """API server side: remove and return what ``put_pin_stats`` added (``None`` if
+def take_plugin_stats(scheduler_stats: Any) -> dict[str, int] | None:
+    """API server side: remove and return what ``put_plugin_stats`` added (``None`` if
     nothing), so vLLM's own loggers see the dict as vLLM filled it."""
     carrier = getattr(scheduler_stats, "num_kv_fetch_reqs_by_stage", None)
     if not carrier:
         return None
-    ours = [k for k in carrier if k.startswith(PIN_STATS_KEY_PREFIX)]
+    ours = [k for k in carrier if k.startswith(PLUGIN_STATS_KEY_PREFIX)]
     if not ours:
         return None
-    return {k.removeprefix(PIN_STATS_KEY_PREFIX): carrier.pop(k) for k in ours}
+    return {k: carrier.pop(k) for k in ours}
 
 
 # --- config (vLLM 0.32.0: engine/arg_utils.py) ------------------------------------------
+
+
+def _before_create_engine_config(name: str, hook: Callable[[Any], None]) -> None:
+    """Run ``hook(engine_args)`` before vLLM 0.32.0's ``EngineArgs.create_engine_config``
+    builds ``VllmConfig``; one wrapper for every hook, which run in the order they were
+    first installed (installing ``name`` again replaces its hook)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    current = EngineArgs.create_engine_config
+    hooks: dict[str, Callable[[Any], None]] | None = getattr(current, "_radix_hooks", None)
+    if hooks is None:
+        hooks = {}
+        original = current
+
+        @functools.wraps(original)
+        def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+            for run in list(hooks.values()):
+                run(self)
+            return original(self, *args, **kwargs)
+
+        create_engine_config._radix_hooks = hooks  # type: ignore[attr-defined]
+        EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]
+    hooks[name] = hook
 
 
 def install_engine_args_check(check: Callable[[Any, Any], None]) -> None:
@@ -318,21 +354,48 @@ def install_engine_args_check(check: Callable[[Any, Any], None]) -> None:
     the scheduler. Checking here makes a bad ``--additional-config`` raise our own message
     to the user in seconds instead of the engine core dying minutes later.
     """
-    from vllm.engine.arg_utils import EngineArgs
+    _before_create_engine_config(
+        "config_check", lambda args: check(args.scheduler_cls, args.additional_config)
+    )
 
-    current = EngineArgs.create_engine_config
-    if getattr(current, "_radix_check", None) is check:
-        return
-    original = getattr(current, "_radix_original", current)
 
-    @functools.wraps(original)
-    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        check(self.scheduler_cls, self.additional_config)
-        return original(self, *args, **kwargs)
+def install_default_kv_transfer_config(default: Callable[[Any], dict[str, Any] | None]) -> None:
+    """Let ``default(engine_args)`` supply the ``--kv-transfer-config`` the user did not write.
 
-    create_engine_config._radix_original = original  # type: ignore[attr-defined]
-    create_engine_config._radix_check = check  # type: ignore[attr-defined]
-    EngineArgs.create_engine_config = create_engine_config  # type: ignore[method-assign]
+    vLLM 0.32.0 (and 0.33.0) hands ``EngineArgs.kv_transfer_config`` (a ``KVTransferConfig``
+    or ``None``) to ``VllmConfig`` in ``create_engine_config``, in the user's process, and
+    builds the KV connector from it in EngineCore and the workers. The hook (after the
+    config check, so ``default`` sees a valid ``--additional-config``) sets it from
+    ``default``'s dict only when the user gave none; when the user gave one, theirs is
+    used and the log says so (idempotent).
+    """
+
+    def supply(engine_args: Any) -> None:
+        supplied = default(engine_args)
+        if supplied is None:
+            return
+        given = engine_args.kv_transfer_config
+        if given is None:
+            from vllm.config import KVTransferConfig
+
+            engine_args.kv_transfer_config = KVTransferConfig(**supplied)
+            logger.info("radix_plugin: host tier on (kv-transfer config %s)", supplied)
+            return
+        name = getattr(given, "kv_connector", None)
+        if isinstance(given, dict):
+            name = given.get("kv_connector")
+        if name == supplied["kv_connector"]:
+            logger.info("radix_plugin: host tier on, with the given --kv-transfer-config")
+        else:
+            logger.warning(
+                "radix_plugin: --additional-config asks for the host tier, but "
+                "--kv-transfer-config names connector %r: that connector wins and the host "
+                "tier stays off (name %s in --kv-transfer-config to use it)",
+                name,
+                supplied["kv_connector"],
+            )
+
+    _before_create_engine_config("kv_transfer_default", supply)
 
 
 # --- min_p / logit_bias beside jump-forward drafts (vLLM 0.32.0: sampling_params.py,

@@ -23,6 +23,8 @@ CONFIG_KEY = "radix_plugin"
 JUMP_FORWARD_PROPOSER = "radix_plugin.logits.engine_core.jump_forward_drafts.NoDraftProposer"
 """The ``--speculative-config`` model that turns jump-forward drafts on (no draft model)."""
 JUMP_FORWARD_MODES = ENGINE_MODES
+HOST_TIER_CONNECTOR = "RadixHostTierConnector"
+HOST_TIER_CONNECTOR_MODULE = "radix_plugin.cache_manager.connector"
 
 
 class RadixConfigError(ValueError):
@@ -58,9 +60,11 @@ class RadixPluginConfig:
     ones); see ``core.jump_forward_mode``. Requests override it with ``radix_jump_forward``."""
     jump_forward_min_forced_tokens: int = DEFAULT_MIN_FORCED_TOKENS
     """``auto`` mode: shortest forced run (in tokens) appended without verification."""
+    host_tier: bool = False
+    """Turn the host-memory KV tier on (the plugin supplies ``--kv-transfer-config`` for
+    ``RadixHostTierConnector`` unless the user gave one); ``host_tier_gib > 0`` also does."""
     host_tier_gib: float = 0.0
-    """Host-memory tier size in GiB (with ``--kv-transfer-config`` naming
-    ``RadixHostTierConnector``); 0 means twice the device KV pool."""
+    """Host-memory tier size in GiB; 0 means twice the device KV pool."""
     prefetch: bool = True
     """Host tier: load the prefixes of agents due soon before their requests arrive."""
     load_ahead_steps: int = 2
@@ -102,6 +106,11 @@ class RadixPluginConfig:
         if problems:
             raise RadixConfigError("; ".join(problems))
         return cls(**typed)
+
+    @property
+    def host_tier_on(self) -> bool:
+        """Whether this config asks for the host tier by itself."""
+        return self.host_tier or self.host_tier_gib > 0
 
     @classmethod
     def from_vllm_config(cls, vllm_config: Any) -> RadixPluginConfig:

@@ -9,6 +9,8 @@ What it installs acts only on such engines:
   in the user's process before weights load;
 - the speculative config that turns jump-forward's draft machinery on (on the CPU platform by
   default; see `jump_forward_speculative_config`);
+- the KV-transfer config of the host tier when `--additional-config` asks for it
+  (`host_tier: true` or `host_tier_gib > 0`; see `host_tier_kv_transfer_config`);
 - with jump-forward drafts configured, `min_p` / `logit_bias` through vLLM's
   speculative-decoding refusal (the scheduler runs those requests in draft-free batches).
 """
@@ -18,7 +20,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from radix_plugin.config import JUMP_FORWARD_PROPOSER
+from radix_plugin.config import (
+    HOST_TIER_CONNECTOR,
+    HOST_TIER_CONNECTOR_MODULE,
+    JUMP_FORWARD_PROPOSER,
+    RadixConfigError,
+    RadixPluginConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ def register() -> None:
 
     from radix_plugin.compat import (
         allow_plain_sampling_with_drafts,
+        install_default_kv_transfer_config,
         install_default_speculative_config,
         install_engine_args_check,
         vllm_seams_allowed,
@@ -45,6 +54,7 @@ def register() -> None:
     if vllm_seams_allowed("registration"):  # every seam the patches below use is intact
         install_default_speculative_config(jump_forward_speculative_config)
         install_engine_args_check(check_plugin_config)
+        install_default_kv_transfer_config(host_tier_kv_transfer_config)
         allow_plain_sampling_with_drafts(jump_forward_only)
 
     from radix_plugin.kernels.attention.registration import register_attention_backends
@@ -128,6 +138,30 @@ def _structured_outputs_backend(engine_args: Any) -> str:
         config.get("backend") if isinstance(config, dict) else getattr(config, "backend", None)
     )
     return backend or "auto"
+
+
+def host_tier_kv_transfer_config(engine_args: Any) -> dict[str, Any] | None:
+    """The `--kv-transfer-config` of the host tier, or None to leave vLLM alone.
+
+    Supplied when the scheduler is `RadixScheduler` (or a subclass) and its
+    `--additional-config` asks for the host tier (`host_tier: true`, or `host_tier_gib > 0`),
+    so one flag turns it on; a config the user wrote wins (see `compat`).
+    """
+    if not _names_radix_scheduler(getattr(engine_args, "scheduler_cls", None)):
+        return None
+    try:
+        config = RadixPluginConfig.from_additional_config(
+            getattr(engine_args, "additional_config", None)
+        )
+    except RadixConfigError:  # the config check reports it
+        return None
+    if not config.host_tier_on:
+        return None
+    return {
+        "kv_connector": HOST_TIER_CONNECTOR,
+        "kv_connector_module_path": HOST_TIER_CONNECTOR_MODULE,
+        "kv_role": "kv_both",
+    }
 
 
 def _names_radix_scheduler(scheduler_cls: Any) -> bool:

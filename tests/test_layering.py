@@ -36,6 +36,7 @@ FLOORS: tuple[tuple[str, str], ...] = (
     ("config.py", "pure"),
     ("xargs.py", "pure"),
     ("plugin_allowlist.py", "pure"),
+    ("plugin_metrics.py", "pure"),
     ("cache_manager/__init__.py", "pure"),
     ("logits/__init__.py", "pure"),
     ("kernels/__init__.py", "pure"),

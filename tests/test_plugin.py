@@ -1,7 +1,10 @@
-"""One flag: `--scheduler-cls radix_plugin.RadixScheduler` supplies jump-forward's drafts."""
+"""One flag each: `--scheduler-cls radix_plugin.RadixScheduler` supplies jump-forward's
+drafts, and `host_tier` (or `host_tier_gib > 0`) in `--additional-config` the host tier's
+`--kv-transfer-config`."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,7 +12,11 @@ import pytest
 
 from radix_plugin import plugin
 from radix_plugin.cache_manager.engine_core.scheduler import RadixScheduler
-from radix_plugin.config import JUMP_FORWARD_PROPOSER
+from radix_plugin.config import (
+    HOST_TIER_CONNECTOR,
+    HOST_TIER_CONNECTOR_MODULE,
+    JUMP_FORWARD_PROPOSER,
+)
 from radix_plugin.logits.engine_core.jump_forward_drafts import NoDraftProposer
 
 
@@ -130,3 +137,79 @@ def test_jump_forward_off_leaves_auto_alone(on_cpu: None) -> None:
     chosen = _args(structured_outputs_config={"backend": "auto"})
     assert plugin.jump_forward_speculative_config(chosen) is not None
     assert chosen.structured_outputs_config == {"backend": "xgrammar"}
+
+
+HOST_TIER_CONFIG = {
+    "kv_connector": HOST_TIER_CONNECTOR,
+    "kv_connector_module_path": HOST_TIER_CONNECTOR_MODULE,
+    "kv_role": "kv_both",
+}
+
+
+@pytest.mark.parametrize("radix", [{"host_tier": True}, {"host_tier_gib": 0.5}])
+def test_one_flag_supplies_the_host_tier_connector(radix: dict[str, Any]) -> None:
+    args = _args(additional_config={"radix_plugin": radix})
+    assert plugin.host_tier_kv_transfer_config(args) == HOST_TIER_CONFIG
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"additional_config": {"radix_plugin": {"host_tier": False, "host_tier_gib": 0}}},
+        {"scheduler_cls": None, "additional_config": {"radix_plugin": {"host_tier": True}}},
+        {
+            "scheduler_cls": "vllm.v1.core.sched.scheduler.Scheduler",
+            "additional_config": {"radix_plugin": {"host_tier": True}},
+        },
+        # A bad config is the config check's to report, not this hook's to crash on.
+        {"additional_config": {"radix_plugin": {"host_tier": True, "host_tier_gib": -1}}},
+    ],
+)
+def test_no_host_tier_unless_asked(kw: dict[str, Any]) -> None:
+    assert plugin.host_tier_kv_transfer_config(_args(**kw)) is None
+
+
+def _engine_config(**kw: Any) -> Any:
+    """A real ``VllmConfig`` built by vLLM's ``EngineArgs`` with the plugin's hooks in."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from radix_plugin.testing.models import get_model_path
+
+    plugin.register()
+    args = EngineArgs(
+        model=str(get_model_path("tiny")),
+        max_model_len=256,
+        scheduler_cls="radix_plugin.RadixScheduler",
+        **kw,
+    )
+    return args.create_engine_config()
+
+
+def test_engine_config_gets_the_host_tier_from_additional_config_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="radix_plugin.compat"):
+        config = _engine_config(additional_config={"radix_plugin": {"host_tier": True}})
+    kv = config.kv_transfer_config
+    assert (kv.kv_connector, kv.kv_connector_module_path, kv.kv_role) == (
+        HOST_TIER_CONNECTOR,
+        HOST_TIER_CONNECTOR_MODULE,
+        "kv_both",
+    )
+    assert "host tier on" in caplog.text
+    assert _engine_config().kv_transfer_config is None  # no flag: vLLM's default
+
+
+def test_a_connector_the_user_names_wins_and_the_log_says_which(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from vllm.config import KVTransferConfig
+
+    theirs = KVTransferConfig(kv_connector="OffloadingConnector", kv_role="kv_both")
+    with caplog.at_level(logging.WARNING, logger="radix_plugin.compat"):
+        config = _engine_config(
+            additional_config={"radix_plugin": {"host_tier": True}}, kv_transfer_config=theirs
+        )
+    assert config.kv_transfer_config.kv_connector == "OffloadingConnector"
+    assert "'OffloadingConnector'" in caplog.text and "wins" in caplog.text

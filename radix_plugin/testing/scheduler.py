@@ -35,6 +35,7 @@ def build_scheduler(
     blocks: int = 64,
     block_size: int = 32,
     max_model_len: int = 512,
+    log_stats: bool = False,
     **engine_args: Any,
 ) -> Any:
     """vLLM's scheduler over ``blocks`` KV blocks: ``RadixScheduler`` with ``radix`` as its
@@ -68,7 +69,7 @@ def build_scheduler(
         structured_output_manager=StructuredOutputManager(config),
         block_size=block_size,
         hash_block_size=block_size,
-        log_stats=False,
+        log_stats=log_stats,
     )
 
 

@@ -127,23 +127,15 @@ def server_process(
 
 
 def full_plugin_flags(max_num_seqs: int = 8, num_speculative_tokens: int = 8) -> list[str]:
-    """The README's full setup: radix scheduler with workflow eviction, the host tier and
-    jump-forward drafts (the no-op proposer)."""
+    """The README's full setup: radix scheduler with workflow eviction, the host tier (its
+    one flag) and jump-forward drafts (the no-op proposer)."""
     return [
         "--max-num-seqs",
         str(max_num_seqs),
         "--scheduler-cls",
         "radix_plugin.RadixScheduler",
         "--additional-config",
-        json.dumps({"radix_plugin": {"eviction": "workflow"}}),
-        "--kv-transfer-config",
-        json.dumps(
-            {
-                "kv_connector": "RadixHostTierConnector",
-                "kv_connector_module_path": "radix_plugin.cache_manager.connector",
-                "kv_role": "kv_both",
-            }
-        ),
+        json.dumps({"radix_plugin": {"eviction": "workflow", "host_tier": True}}),
         "--speculative-config",
         json.dumps(
             {
@@ -164,3 +156,39 @@ def metric_totals(base: str, names: Iterable[str]) -> dict[str, float]:
         if name in totals:
             totals[name] += float(line.rsplit(" ", 1)[1])
     return totals
+
+
+class Scrape:
+    """One read of ``/metrics``, parsed by ``prometheus_client``'s own text parser."""
+
+    def __init__(self, base: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
+        self.families = list(text_string_to_metric_families(text))
+
+    def names(self) -> set[str]:
+        """Every exported name: each family's (a counter's with ``_total``, as queries name
+        it) and each sample's."""
+        names = set()
+        for family in self.families:
+            names.add(family.name + "_total" if family.type == "counter" else family.name)
+            names.update(sample.name for sample in family.samples)
+        return names
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (over engines)."""
+        return sum(
+            sample.value
+            for family in self.families
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {
+            sample.labels[label]
+            for family in self.families
+            for sample in family.samples
+            if sample.name == name and label in sample.labels
+        }

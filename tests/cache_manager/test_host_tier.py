@@ -175,7 +175,12 @@ def test_host_store_rejects_a_layout_it_cannot_address() -> None:
 
 def _host(manager, slots: int = 16) -> HostTierScheduler:
     host = HostTierScheduler(
-        block_size=BS, num_slots=slots, prefetch=False, load_ahead_steps=2, num_workers=1
+        block_size=BS,
+        num_slots=slots,
+        prefetch=False,
+        load_ahead_steps=2,
+        num_workers=1,
+        block_bytes=1024,
     )
     host.bind(manager.block_pool)
     return host
@@ -183,7 +188,12 @@ def _host(manager, slots: int = 16) -> HostTierScheduler:
 
 def test_binding_to_vllms_plain_pool_names_the_fix() -> None:
     host = HostTierScheduler(
-        block_size=BS, num_slots=4, prefetch=True, load_ahead_steps=2, num_workers=1
+        block_size=BS,
+        num_slots=4,
+        prefetch=True,
+        load_ahead_steps=2,
+        num_workers=1,
+        block_bytes=1024,
     )
     with pytest.raises(HostTierSetupError, match=r"--scheduler-cls radix_plugin\.RadixScheduler"):
         host.bind(BlockPool(8, True, BS))
@@ -246,7 +256,12 @@ def test_prefetch_plans_due_agents_while_their_prompts_fit_and_adopts_loaded_blo
     m = make_manager(13, policy="workflow", events=False)  # 12 usable, 1 kept as reserve
     pool = pool_of(m)
     host = HostTierScheduler(
-        block_size=BS, num_slots=64, prefetch=True, load_ahead_steps=2, num_workers=1
+        block_size=BS,
+        num_slots=64,
+        prefetch=True,
+        load_ahead_steps=2,
+        num_workers=1,
+        block_bytes=1024,
     )
     host.bind(pool)
     prompts = {"x": list(range(100, 125)), "y": list(range(200, 225))}  # 6 full blocks each

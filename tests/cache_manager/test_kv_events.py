@@ -48,7 +48,12 @@ class Replica:
         self.manager = make_manager(num_blocks, policy="workflow")
         self.pool = pool_of(self.manager)
         self.host = HostTierScheduler(
-            block_size=4, num_slots=host_slots, prefetch=True, load_ahead_steps=2, num_workers=1
+            block_size=4,
+            num_slots=host_slots,
+            prefetch=True,
+            load_ahead_steps=2,
+            num_workers=1,
+            block_bytes=1024,
         )
         self.host.bind(self.pool)
         self.pool.tree.max_pinned_blocks = 6

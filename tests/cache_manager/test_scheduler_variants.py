@@ -199,25 +199,98 @@ def test_idle_usage_is_the_pins_until_they_expire_or_are_unpinned() -> None:
     assert _used_blocks(scheduler) == 0 and len(scheduler.radix_pins.table) == 0
 
 
-def test_pin_stats_ride_scheduler_stats_to_the_stat_logger() -> None:
+def test_plugin_stats_ride_scheduler_stats_to_the_stat_logger() -> None:
+    """The samples survive vLLM's msgpack trip, leave vLLM's own dict as it was, and become
+    gauges (set) and counters (increased by each step's increase) per engine."""
     from vllm.v1.engine import EngineCoreOutputs
     from vllm.v1.metrics.stats import SchedulerStats
     from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
-    from radix_plugin.api_server.metrics import RadixPinStatLogger, pin_gauges
-    from radix_plugin.compat import put_pin_stats
+    from radix_plugin import plugin_metrics as m
+    from radix_plugin.api_server.metrics import RadixPinStatLogger, engine_metric_families
+    from radix_plugin.compat import put_plugin_stats
 
-    stats = SchedulerStats()
-    put_pin_stats(stats, PinStats(7, 2, 15))
-    wire = MsgpackEncoder().encode(EngineCoreOutputs(scheduler_stats=stats))
-    received = MsgpackDecoder(EngineCoreOutputs).decode(wire).scheduler_stats
     config = build(async_scheduling=False).vllm_config
-    logger = RadixPinStatLogger(config, [0])
-    logger.record(received, None)
-    assert received.num_kv_fetch_reqs_by_stage == {}  # vLLM's loggers see it unchanged
+    logger = RadixPinStatLogger(config, [0, 1])
     model = config.model_config.served_model_name
-    value = {f: g.labels(model, "0")._value.get() for f, g in pin_gauges().items()}
-    assert value == {"pinned_blocks": 7, "pinned_prefixes": 2, "budget_blocks": 15}
+    evicted = m.sample_key(m.EVICTED_BLOCKS, "capacity", "lru")
+    families = engine_metric_families()
+    counter = families[m.EVICTED_BLOCKS.name].labels(model, "1", "capacity", "lru")
+    before = counter._value.get()
+    for increase in (3, 4):
+        stats = SchedulerStats(num_kv_fetch_reqs_by_stage={"waiting_to_start": 2})
+        put_plugin_stats(stats, {m.PINNED_BLOCKS.name: 7, evicted: increase})
+        wire = MsgpackEncoder().encode(EngineCoreOutputs(scheduler_stats=stats))
+        received = MsgpackDecoder(EngineCoreOutputs).decode(wire).scheduler_stats
+        logger.record(received, None, engine_idx=1)
+        assert received.num_kv_fetch_reqs_by_stage == {"waiting_to_start": 2}
+    assert counter._value.get() - before == 7
+    assert families[m.PINNED_BLOCKS.name].labels(model, "1")._value.get() == 7
+
+
+def test_each_steps_stats_carry_the_changes_that_add_up_to_the_samples() -> None:
+    """The first stats carry every sample; later ones only what changed (counters as
+    increases), so summing increases and keeping the last gauges gives the samples."""
+    from radix_plugin import plugin_metrics as m
+    from radix_plugin.compat import take_plugin_stats
+    from radix_plugin.testing.scheduler import runner_output
+
+    scheduler = build(async_scheduling=False, log_stats=True)
+    first = take_plugin_stats(scheduler.make_stats())
+    assert first is not None and set(first) == set(scheduler.radix_samples())
+    assert first[m.PIN_BUDGET_BLOCKS.name] == int((BLOCKS - 1) * 0.25)
+    assert take_plugin_stats(scheduler.make_stats()) is None  # nothing changed
+    seen = dict(first)
+    for i in range(3):  # the second and third share the first's prefix
+        scheduler.add_request(make_request(f"r{i}", [*range(64), 100 + i, *range(35)]))
+        while scheduler.has_unfinished_requests():
+            out = scheduler.schedule()
+            outputs = scheduler.update_from_output(out, runner_output(scheduler, out))
+            for eco in outputs.values():
+                changes = take_plugin_stats(eco.scheduler_stats) or {}
+                for key, value in changes.items():
+                    counter = key.split("|")[0] in m.COUNTER_NAMES
+                    seen[key] = seen.get(key, 0) + value if counter else value
+    assert seen == scheduler.radix_samples()
+    assert seen[m.LOOKUP_TOKENS.name] == 3 * 99  # each prompt less its last token
+    assert seen[m.sample_key(m.HIT_TOKENS, "device")] == 2 * 64  # two blocks, twice
+    assert seen[m.CACHED_BLOCKS.name] == 2 + 3 * 1  # the shared prefix, one block each
+
+
+PER_REQUEST = (
+    "hints",
+    "wait_steps",
+    "lookup_memo",
+    "pins_pending",
+    "drafter_modes",
+    "draft_caps",
+    "forced_now",
+)
+"""Structures keyed by live requests (empty when the engine is idle)."""
+
+
+def test_state_sizes_name_every_structure_and_per_request_ones_empty_when_idle() -> None:
+    """``radix_state_sizes`` (what /metrics exports as ``radix_plugin:state_entries``)
+    counts each live request in the per-request structures and nothing once they finish;
+    per-session structures keep what they learned, within their caps."""
+    radix = {"eviction": "session", "eviction_options": {"window": 2}}
+    scheduler = build(async_scheduling=False, radix=radix)
+    sizes = scheduler.radix_state_sizes()
+    assert set(PER_REQUEST) <= set(sizes)
+    assert {"pin_table_nodes", "workflow_tracker", "session_sessions", "grammar_builds"} <= set(
+        sizes
+    )
+    assert all(type(v) is int and v >= 0 for v in sizes.values())
+    for i in range(3):
+        xargs = {"session_id": f"s{i}"}
+        scheduler.add_request(make_request(f"r{i}", [*range(64), i], xargs, max_tokens=3))
+    live = scheduler.radix_state_sizes()
+    assert live["hints"] == 3
+    assert live["session_sessions"] == 3
+    run_steps(scheduler)
+    idle = scheduler.radix_state_sizes()
+    assert {k: idle[k] for k in PER_REQUEST} == dict.fromkeys(PER_REQUEST, 0)
+    assert idle["session_sessions"] == 3  # learned per session, capped by max_sessions
 
 
 class MyScheduler(RadixScheduler):

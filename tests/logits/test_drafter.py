@@ -103,7 +103,10 @@ def test_acceptance_is_learned_from_the_tokens_a_step_added(
     request.append_output_token_ids([5])
     output = scheduler_output({"a": [1, 2, 3, 4]})
     before = jf.outputs_before(output, {"a": request})
-    assert before == {"a": 1}
+    assert before == {"a": (request, 1, 4)}
     request.append_output_token_ids([1, 2, 9])  # two drafts accepted, then the bonus token
     jf.observe(before, {"a": request})
     assert jf.caps.cap("a") == 4  # round(2 * 2) + 1 = 5, capped at the engine's 4
+    # Verified drafts (nothing was forced): two accepted, two rejected, two steps saved.
+    assert (jf.verified_total, jf.rejected_total, jf.steps_saved_total) == (2, 2, 2)
+    assert jf.forced_total == 0

@@ -1,12 +1,16 @@
 """``RadixHostTierConnector``: KVFlow's host tier and prefetch as an out-of-tree KV connector.
 
-Written against vLLM 0.32.0's and 0.33.0's ``KVConnectorBase_V1``. Enable it with::
+Written against vLLM 0.32.0's and 0.33.0's ``KVConnectorBase_V1``. Enable it with one flag beside the
+scheduler's (the plugin then supplies the ``--kv-transfer-config`` below; see ``plugin.py``)::
 
     --scheduler-cls radix_plugin.RadixScheduler
+    --additional-config '{"radix_plugin": {"eviction": "workflow", "host_tier_gib": 8}}'
+
+(or ``"host_tier": true`` for twice the device pool), or name it yourself::
+
     --kv-transfer-config '{"kv_connector": "RadixHostTierConnector",
         "kv_connector_module_path": "radix_plugin.cache_manager.connector",
         "kv_role": "kv_both"}'
-    --additional-config '{"radix_plugin": {"eviction": "workflow", "host_tier_gib": 8}}'
 
 Why a connector and not vLLM's ``OffloadingConnector``: that one stores blocks as they are
 computed and chooses host victims by its own cache policy; the host tier here is fed by the
@@ -48,11 +52,15 @@ if TYPE_CHECKING:
 
 def host_slots(config: RadixPluginConfig, kv_cache_config: KVCacheConfig) -> int:
     """Host slots: ``host_tier_gib`` worth of blocks, or twice the device pool."""
+    if config.host_tier_gib > 0:
+        return max(1, int(config.host_tier_gib * 2**30) // _block_bytes(kv_cache_config))
+    return 2 * (kv_cache_config.num_blocks - 1)
+
+
+def _block_bytes(kv_cache_config: KVCacheConfig) -> int:
     from radix_plugin.cache_manager.worker.host_store import block_bytes
 
-    if config.host_tier_gib > 0:
-        return max(1, int(config.host_tier_gib * 2**30) // block_bytes(kv_cache_config))
-    return 2 * (kv_cache_config.num_blocks - 1)
+    return block_bytes(kv_cache_config)
 
 
 class RadixHostTierConnector(KVConnectorBase_V1):
@@ -78,6 +86,7 @@ class RadixHostTierConnector(KVConnectorBase_V1):
                 prefetch=config.prefetch,
                 load_ahead_steps=config.load_ahead_steps,
                 num_workers=vllm_config.parallel_config.world_size,
+                block_bytes=_block_bytes(kv_cache_config),
             )
         else:
             from radix_plugin.cache_manager.worker.host_tier import HostTierWorker

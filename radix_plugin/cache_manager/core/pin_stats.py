@@ -1,4 +1,5 @@
-"""What ``radix_pin`` holds in one engine, as the scheduler reports it and /metrics shows it."""
+"""What ``radix_pin`` holds in one engine, as the scheduler reports it (and /metrics shows it:
+``radix_plugin.plugin_metrics``)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,3 @@ class PinStats:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-METRICS: dict[str, tuple[str, str]] = {
-    "pinned_blocks": (
-        "radix_plugin:pinned_kv_blocks",
-        "KV cache blocks held by radix_pin pins (freed by radix_unpin, radix_pin_ttl, "
-        "pin_ttl_s, or newer pins over the pin_share budget).",
-    ),
-    "pinned_prefixes": (
-        "radix_plugin:pinned_prefixes",
-        "Distinct prompt prefixes pinned by radix_pin requests.",
-    ),
-    "budget_blocks": (
-        "radix_plugin:pin_budget_kv_blocks",
-        "Most KV cache blocks pins may hold (pin_share of the pool).",
-    ),
-}
-"""PinStats field -> (Prometheus gauge name, help text)."""

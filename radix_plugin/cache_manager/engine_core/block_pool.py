@@ -33,6 +33,7 @@ Everything else (hash map, events, metrics, reference counts) is vLLM's own code
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vllm.distributed.kv_events import BlockStored
@@ -53,6 +54,22 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
     from radix_plugin.cache_manager.core.policies.base import EvictionPolicy
+
+
+@dataclass(slots=True)
+class PoolCounters:
+    """Cumulative event counts of one pool, for /metrics (plain ints; never reset)."""
+
+    evicted_capacity: int = 0
+    """Cached blocks evicted because the pool needed free blocks."""
+    evicted_invalidation: int = 0
+    """Cached blocks dropped because vLLM forgot their hash (``evict_blocks``)."""
+    evicted_reset: int = 0
+    """Cached blocks dropped by a prefix-cache reset."""
+    lookup_tokens: int = 0
+    """Tokens requests' prefix lookups could have hit."""
+    hit_tokens: int = 0
+    """Tokens those lookups found cached."""
 
 
 class RadixFreeQueue:
@@ -193,6 +210,7 @@ class RadixBlockPool(BlockPoolSeam):
         self._stored: dict[int, StoredBlock] = {}
         # The radix scheduler shares its own map, filled when requests are added.
         self.request_hints = RequestHintsMap()
+        self.counters = PoolCounters()
         still_free = [b for b in self.blocks if not b.is_null]
         self.replace_free_queue(RadixFreeQueue(self, still_free))
 
@@ -210,6 +228,18 @@ class RadixBlockPool(BlockPoolSeam):
             out[i] = blocks[node.blocks[0]]
             node = node.parent  # type: ignore[assignment]
         return out
+
+    def request_lookup(
+        self, block_hashes: Sequence[Any], max_tokens: int, group_id: int = 0
+    ) -> list[KVCacheBlock]:
+        """vLLM's prefix lookup for a request (``compat.install_lookup_patch``): the blocks of
+        the longest cached prefix of at most ``max_tokens`` tokens, counted for /metrics."""
+        blocks = self.longest_cached_prefix(
+            block_hashes, max_tokens // self.hash_block_size, group_id
+        )
+        self.counters.lookup_tokens += max_tokens
+        self.counters.hit_tokens += len(blocks) * self.hash_block_size
+        return blocks
 
     def cached_prefix_node(
         self, block_hashes: Sequence[Any], group_id: int = 0
@@ -352,6 +382,7 @@ class RadixBlockPool(BlockPoolSeam):
     def evict_cached(self, n: int) -> list[KVCacheBlock]:
         """Take ``n`` cached free blocks out of the tree, leaf-first in policy order."""
         ids = self.tree.evict(n)
+        self.counters.evicted_capacity += len(ids)
         node_of, by_key, blocks = self._node_of, self._node_by_key, self.blocks
         evicted = []
         for block_id in ids:
@@ -453,6 +484,7 @@ class RadixBlockPool(BlockPoolSeam):
         of dropped blocks) leave the maps too, so their release finds nothing to undo."""
         still_free = []
         for dropped in self.tree.remove_subtree(node):
+            self.counters.evicted_invalidation += dropped.num_blocks
             block = self.blocks[dropped.blocks[0]]
             self._node_of[block.block_id] = None
             del self._node_by_key[dropped.pages[0]]
@@ -472,6 +504,7 @@ class RadixBlockPool(BlockPoolSeam):
             return False
         freed = self.tree.reset()
         assert freed is not None, "vLLM reported no block in use but the tree has protected ones"
+        self.counters.evicted_reset += len(freed)
         queue: RadixFreeQueue = self.free_block_queue  # type: ignore[assignment]
         queue.forget_hashes()
         queue.move_from_tree(self.blocks[b] for b in freed)

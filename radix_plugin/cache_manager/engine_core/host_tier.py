@@ -65,14 +65,23 @@ class _Prefetch:
     keys: list[Any]
     job: LoadJob
     done_workers: int = 0
+    waited: bool = False
+    """A request looked its blocks up while they were still loading (a late prefetch)."""
 
 
 @dataclass
 class HostTierStats:
+    """Cumulative counts (never reset; /metrics shows most of them)."""
+
     saved_blocks: int = 0
     skipped_saves: int = 0
     loaded_blocks: int = 0
+    hit_tokens: int = 0
+    """Tokens of requests' prompts found on the host, past their device hit."""
     prefetched_blocks: int = 0
+    prefetch_in_time_blocks: int = 0
+    prefetch_late_blocks: int = 0
+    prefetch_wasted_blocks: int = 0
     status_skips: int = 0
     failed_loads: int = 0
 
@@ -86,8 +95,10 @@ class HostTierScheduler:
         prefetch: bool,
         load_ahead_steps: int,
         num_workers: int,
+        block_bytes: int,
     ) -> None:
         self.block_size = block_size
+        self.block_bytes = block_bytes
         self.index = HostIndex(num_slots, on_drop=self._on_host_drop)
         self.prefetch = prefetch
         self.load_ahead_steps = load_ahead_steps
@@ -101,6 +112,9 @@ class HostTierScheduler:
         self._prefetches: dict[str, _Prefetch] = {}
         self._loading: dict[Any, str] = {}
         self._agent_paths: OrderedDict[Hashable, list[Any]] = OrderedDict()
+        # Prefetched blocks on the device that no request has hit yet (block hash -> None),
+        # oldest first; bounded by the device pool (see ``_count_adopted``).
+        self._unused_prefetched: OrderedDict[Any, None] = OrderedDict()
         self._job_ids = itertools.count()
         # With KV events on: each host copy's payload, and the events not yet taken.
         self._events_on = False
@@ -133,8 +147,12 @@ class HostTierScheduler:
     def on_evicted(self, blocks: list[KVCacheBlock]) -> None:
         """Queue copies of evicted blocks to host slots (in eviction order, leaf first, so
         a deeper block's host copy is the older one and is reused first)."""
+        unused = self._unused_prefetched
         for block in blocks:
             key = block.block_hash
+            if unused and key in unused:
+                del unused[key]
+                self.stats.prefetch_wasted_blocks += 1
             if key is None or key in self._loading:
                 continue
             if key in self.index:
@@ -166,6 +184,8 @@ class HostTierScheduler:
         """The device pool queued ``AllBlocksCleared``, which vLLM publishes before this
         tier's events and which clears every medium of the replica: announce the host
         copies again, replacing the events not yet taken (the snapshot covers them)."""
+        self.stats.prefetch_wasted_blocks += len(self._unused_prefetched)
+        self._unused_prefetched.clear()
         if self._events_on:
             self._events = stored_events(parents_first(self._announced.values()), MEDIUM_CPU)
             self._unannounced.clear()
@@ -199,14 +219,20 @@ class HostTierScheduler:
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
         start = num_computed_tokens // self.block_size
+        if self._unused_prefetched:
+            self._count_prefetch_hits(request.block_hashes[:start])
         # At least one prompt token is always computed, so the last block is never loaded.
         end = min(len(request.block_hashes), (request.num_tokens - 1) // self.block_size)
         keys: list[Any] = []
         slots: list[int] = []
         for i in range(start, end):
             key = make_block_hash_with_group_id(request.block_hashes[i], 0)
-            if key in self._loading:
+            job_id = self._loading.get(key)
+            if job_id is not None:
                 self.stats.status_skips += 1
+                prefetch = self._prefetches.get(job_id)
+                if prefetch is not None:
+                    prefetch.waited = True
                 return None, False
             slot = self.index.get(key)
             if slot is None:
@@ -217,7 +243,17 @@ class HostTierScheduler:
             return 0, False
         self.index.protect(slots)
         self._lookups[request.request_id] = (start, keys, slots)
+        self.stats.hit_tokens += len(keys) * self.block_size
         return len(keys) * self.block_size, True
+
+    def _count_prefetch_hits(self, device_hit: Sequence[Any]) -> None:
+        """A request's device hit covers prefetched blocks nobody used yet: in time."""
+        unused = self._unused_prefetched
+        for block_hash in device_hit:
+            key = make_block_hash_with_group_id(block_hash, 0)
+            if key in unused:
+                del unused[key]
+                self.stats.prefetch_in_time_blocks += 1
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -354,6 +390,7 @@ class HostTierScheduler:
         if prefetch.device_path:
             parent = pool.node_of_block(prefetch.device_path[-1].block_id)
             if parent is None:  # the prefix it continues left the index: nothing to attach to
+                self.stats.prefetch_wasted_blocks += len(prefetch.blocks)
                 pool.free_blocks(prefetch.blocks)
                 pool.free_blocks(prefetch.device_path)
                 return
@@ -365,9 +402,32 @@ class HostTierScheduler:
         if last is not None:
             tag_agent(pool.tree, last, prefetch.agent)
         pool.free_blocks(prefetch.device_path)
+        self._count_adopted(prefetch)
+
+    def _count_adopted(self, prefetch: _Prefetch) -> None:
+        """Blocks a request cached meanwhile were loaded for nothing; those of a prefetch a
+        request already waited for are late; the others wait for a hit (or an eviction)."""
+        pool, stats = self.pool, self.stats
+        indexed = [
+            key
+            for block, key in zip(prefetch.blocks, prefetch.keys, strict=True)
+            if pool.node_of_block(block.block_id) is not None
+        ]
+        stats.prefetch_wasted_blocks += len(prefetch.blocks) - len(indexed)
+        if prefetch.waited:
+            stats.prefetch_late_blocks += len(indexed)
+            return
+        unused = self._unused_prefetched
+        for key in indexed:
+            unused[key] = None
+        # Each entry is a cached device block; entries an invalidation left behind age out.
+        while len(unused) > pool.num_gpu_blocks:
+            unused.popitem(last=False)
+            stats.prefetch_wasted_blocks += 1
 
     def _discard(self, prefetch: _Prefetch) -> None:
         self.stats.failed_loads += 1
+        self.stats.prefetch_wasted_blocks += len(prefetch.blocks)
         self.pool.free_blocks(prefetch.blocks)
         self.pool.free_blocks(prefetch.device_path)
 
@@ -376,6 +436,24 @@ class HostTierScheduler:
     def reset(self) -> bool:
         self.index.clear()
         return True
+
+    def resident_bytes(self) -> int:
+        """Bytes of KV the host holds now (O(1))."""
+        return len(self.index) * self.block_bytes
+
+    def capacity_bytes(self) -> int:
+        return self.index.num_slots * self.block_bytes
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of this tier's per-request and per-agent structures (O(1))."""
+        return {
+            "host_lookups": len(self._lookups),
+            "host_demand_loads": len(self._demand),
+            "host_prefetches": len(self._prefetches),
+            "host_loading_blocks": len(self._loading),
+            "host_agent_paths": len(self._agent_paths),
+            "host_unused_prefetched": len(self._unused_prefetched),
+        }
 
     def has_prefetches_in_flight(self) -> bool:
         return bool(self._prefetches)

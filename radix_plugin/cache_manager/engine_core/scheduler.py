@@ -12,6 +12,10 @@ of its methods, each override delegating to one collaborator per concern:
 - ``logits.engine_core.drafter.JumpForwardDrafter``: jump-forward drafts and the bitmask
   rows that force them.
 
+``make_stats`` adds the plugin's metrics (``plugin_samples.PluginSamples``, read from where
+each is counted, and sent as ``plugin_metrics.StepChanges``) to vLLM's scheduler stats,
+which carry them to the API server's stat logger (``compat.put_plugin_stats``).
+
 ``RadixScheduler`` (or a user's subclass) builds its async variant by itself when vLLM runs
 with async scheduling (the GPU default), so users pass one class name everywhere.
 """
@@ -28,18 +32,21 @@ from radix_plugin.cache_manager.core.pin_stats import PinStats
 from radix_plugin.cache_manager.core.registry import make_eviction_policy, make_ordering
 from radix_plugin.cache_manager.engine_core.block_pool import RadixBlockPool
 from radix_plugin.cache_manager.engine_core.hint_feeder import HintFeeder
+from radix_plugin.cache_manager.engine_core.host_tier import HostTierScheduler
 from radix_plugin.cache_manager.engine_core.pins import PinManager
+from radix_plugin.cache_manager.engine_core.plugin_samples import PluginSamples
 from radix_plugin.cache_manager.engine_core.waiting_order import WaitingQueueOrder
 from radix_plugin.compat import (
     SchedulerSeam,
     check_vllm_seams,
     install_lookup_patch,
-    put_pin_stats,
+    put_plugin_stats,
     radix_block_pool,
 )
 from radix_plugin.config import JUMP_FORWARD_PROPOSER, RadixConfigError, RadixPluginConfig
 from radix_plugin.logits.engine_core.drafter import JumpForwardDrafter
 from radix_plugin.plugin_allowlist import GENERAL_PLUGIN, check_allowlist
+from radix_plugin.plugin_metrics import StepChanges
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ class RadixSchedulerMixin(SchedulerSeam):
     radix_hints: HintFeeder
     radix_pins: PinManager | None
     radix_drafter: JumpForwardDrafter
+    radix_host: HostTierScheduler | None
 
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         check_vllm_seams("scheduler")  # before anything is patched
@@ -108,6 +116,18 @@ class RadixSchedulerMixin(SchedulerSeam):
             min_forced_tokens=config.jump_forward_min_forced_tokens,
             on_cpu=_on_cpu(),
         )
+        self.radix_host = _host_tier(getattr(vllm, "connector", None))
+        self._radix_samples = PluginSamples(
+            policy_name=config.eviction,
+            pool=self.radix_pool,
+            order=self.radix_order,
+            pins=self.radix_pins,
+            hints=self.radix_hints,
+            drafter=self.radix_drafter,
+            host=self.radix_host,
+            state_sizes=self.radix_state_sizes,
+        )
+        self._radix_changes = StepChanges()
         logger.info(
             "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
             config.eviction,
@@ -171,11 +191,30 @@ class RadixSchedulerMixin(SchedulerSeam):
         """The pins now: blocks and prefixes held, and the budget that bounds them."""
         return self.radix_pins.stats() if self.radix_pins is not None else PinStats()
 
+    def radix_samples(self) -> dict[str, int]:
+        """Every plugin metric now (``plugin_metrics`` sample key -> value)."""
+        return self._radix_samples.read()
+
+    def radix_state_sizes(self) -> dict[str, int]:
+        """Entries of the plugin's per-request and per-session structures, by structure:
+        each collaborator reports its own (O(1) each)."""
+        sizes: dict[str, int] = {}
+        if self.radix_order is not None:
+            sizes.update(self.radix_order.state_sizes())
+        if self.radix_pins is not None:
+            sizes.update(self.radix_pins.state_sizes())
+        sizes.update(self.radix_hints.state_sizes())
+        sizes.update(self.radix_drafter.state_sizes())
+        if self.radix_host is not None:
+            sizes.update(self.radix_host.state_sizes())
+        return sizes
+
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
-        """vLLM's scheduler stats, carrying the pins to the API server's stat logger."""
+        """vLLM's scheduler stats, carrying what changed of the plugin's metrics since the
+        last stats to the API server's stat logger."""
         stats = super().make_stats(*args, **kwargs)  # type: ignore[misc]
-        if stats is not None and self.radix_pins is not None:
-            put_pin_stats(stats, self.radix_pins.stats())
+        if stats is not None:
+            put_plugin_stats(stats, self._radix_changes.take(self.radix_samples()))
         return stats
 
     def on_request_freed(self, request: Any) -> None:
@@ -196,6 +235,12 @@ def _uses_forced_drafts(vllm_config: Any) -> bool:
     """Jump-forward runs as drafts from our no-op proposer (see ``logits.jump_forward_drafts``)."""
     spec = getattr(vllm_config, "speculative_config", None)
     return spec is not None and getattr(spec, "model", None) == JUMP_FORWARD_PROPOSER
+
+
+def _host_tier(connector: Any) -> HostTierScheduler | None:
+    """The host tier's scheduler side, when vLLM's connector is ``RadixHostTierConnector``."""
+    side = getattr(connector, "scheduler_side", None)
+    return side if isinstance(side, HostTierScheduler) else None
 
 
 def _on_cpu() -> bool:

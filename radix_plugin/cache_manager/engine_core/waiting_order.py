@@ -42,10 +42,18 @@ class WaitingQueueOrder:
         self._in_batch_sharing = in_batch_sharing
         self._wait_steps: dict[str, int] = {}  # waiting request id -> steps passed over
         self._memo: dict[str, tuple[int, RadixNode]] = {}  # this step's lookups
+        # Cumulative counts for /metrics.
+        self.held_back_total = 0
+        self.reorders_total = 0
+        self.promoted_total = 0
 
     def __len__(self) -> int:
         """Requests whose waiting steps are counted (those waiting at the last step)."""
         return len(self._wait_steps)
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request structures (O(1))."""
+        return {"wait_steps": len(self._wait_steps), "lookup_memo": len(self._memo)}
 
     def lookup(self, request: Any) -> tuple[int, RadixNode]:
         """Cached prefix of a waiting request (blocks, the node ending it), memoised for
@@ -59,10 +67,10 @@ class WaitingQueueOrder:
     def reorder(self, waiting: Any, running: Sequence[Any], token_budget: int) -> list[Any]:
         """Reorder ``waiting`` in place; returns the requests held back for this step
         (the caller puts them back at the head after ``schedule()``)."""
+        self._memo = {}  # also when nothing waits: old lookups hold finished requests' nodes
         if not isinstance(waiting, FCFSRequestQueue) or not waiting:
             self._wait_steps.clear()
             return []
-        self._memo = {}
         current = list(waiting)
         old = self._wait_steps
         steps = self._wait_steps = {r.request_id: old.get(r.request_id, -1) + 1 for r in current}
@@ -73,9 +81,12 @@ class WaitingQueueOrder:
         )
         rest = [r for r in current if steps[r.request_id] < limit]
         ordered = overdue + self.ordering.order(rest, self.lookup)
+        self.promoted_total += len(overdue)
+        self.reorders_total += any(a is not b for a, b in zip(ordered, current, strict=True))
         held_back: list[Any] = []
         if self._in_batch_sharing:
             ordered, held_back = self._hold_back_followers(ordered, overdue, running, token_budget)
+            self.held_back_total += len(held_back)
         waiting.clear()
         waiting.extend(ordered)
         return held_back

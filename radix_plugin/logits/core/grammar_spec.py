@@ -49,6 +49,10 @@ class GrammarSpecError(ValueError):
     """
 
 
+class GrammarCannotFinishError(GrammarSpecError):
+    """The grammar is valid but has no finite output (or none short enough)."""
+
+
 @dataclass(frozen=True)
 class GrammarSpec:
     """A normalized, hashable description of one request's output constraint.

@@ -27,6 +27,7 @@ from radix_plugin.logits.engine_core.jump_forward_drafts import (
     rollback_drafts,
     splice_forced_rows,
 )
+from radix_plugin.logits.grammar.builder import grammar_cache_sizes
 from radix_plugin.logits.grammar.jump_forward import prefix_token_ids
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,29 @@ class JumpForwardDrafter:
             # The vocabulary scan (0.4 s on a 49k vocabulary) runs here, not in a request's step.
             self._prefix_tokens = prefix_token_ids(tokenizer)
         self._tokenizer = MemoTokenizer(tokenizer) if tokenizer is not None else None
+        # Cumulative counts for /metrics: draft tokens forced, verified (accepted) and
+        # rejected, and model steps saved (accepted drafts, forced or verified).
+        self.forced_total = 0
+        self.verified_total = 0
+        self.rejected_total = 0
+        self.steps_saved_total = 0
 
     def __len__(self) -> int:
         """Requests whose mode is kept (the live ones, on a draft engine)."""
         return len(self._modes)
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request structures and of the grammar and tokenizer caches
+        this process keeps for them (O(1))."""
+        sizes = {
+            "drafter_modes": len(self._modes),
+            "draft_caps": len(self.caps),
+            "forced_now": len(self._forced_now),
+            **grammar_cache_sizes(),
+        }
+        if self._tokenizer is not None:
+            sizes.update(self._tokenizer.cache_sizes())
+        return sizes
 
     def on_add(self, request: Any) -> None:
         """Before vLLM's ``add_request``: the plugin's strict JSON grammar for vLLM's own
@@ -190,24 +210,36 @@ class JumpForwardDrafter:
         ]
         return out
 
-    def outputs_before(self, scheduler_output: Any, requests: Mapping[str, Any]) -> dict[str, int]:
-        """Output counts of the requests that ran drafts, before vLLM updates them."""
+    def outputs_before(
+        self, scheduler_output: Any, requests: Mapping[str, Any]
+    ) -> dict[str, tuple[Any, int, int]]:
+        """For each request that ran drafts: the request, its output count before vLLM
+        updates it, and how many drafts it ran."""
         if not self.jump_forward:
             return {}
         return {
-            rid: requests[rid].num_output_tokens
-            for rid in scheduler_output.scheduled_spec_decode_tokens
+            rid: (requests[rid], requests[rid].num_output_tokens, _num_drafts(drafts))
+            for rid, drafts in scheduler_output.scheduled_spec_decode_tokens.items()
             if rid in requests
         }
 
-    def observe(self, outputs_before: Mapping[str, int], requests: Mapping[str, Any]) -> None:
-        """Learn each drafting request's acceptance from the tokens the step added."""
-        for rid, n_before in outputs_before.items():
-            request = requests.get(rid)
-            if request is None or request.is_finished():
+    def observe(
+        self, outputs_before: Mapping[str, tuple[Any, int, int]], requests: Mapping[str, Any]
+    ) -> None:
+        """Learn each drafting request's acceptance from the tokens the step added, and
+        count them (a finished request was freed from ``requests`` but still counts)."""
+        for rid, (request, n_before, n_drafts) in outputs_before.items():
+            accepted = min(n_drafts, max(0, request.num_output_tokens - n_before - 1))
+            self.steps_saved_total += accepted
+            if rid in self._forced_now:
+                self.forced_total += accepted
+            else:
+                self.verified_total += accepted
+                self.rejected_total += n_drafts - accepted
+            if rid not in requests or request.is_finished():
                 self.caps.forget(rid)
             else:
-                self.caps.observe(rid, max(0, request.num_output_tokens - n_before - 1))
+                self.caps.observe(rid, accepted)
 
     def forget(self, request_id: str) -> None:
         """The request was freed."""
@@ -249,3 +281,8 @@ class JumpForwardDrafter:
         except JumpForwardModeError as exc:  # admission rejects it; never crash the core
             logger.error("request %s: %s; using %s", request.request_id, exc, self._default_mode)
             return self._default_mode
+
+
+def _num_drafts(drafts: Iterable[int]) -> int:
+    """Draft tokens that ran (vLLM pads with -1)."""
+    return sum(1 for t in drafts if t >= 0)

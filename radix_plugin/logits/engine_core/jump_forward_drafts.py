@@ -98,6 +98,13 @@ class MemoTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._decode(tuple(token_ids))
 
+    def cache_sizes(self) -> dict[str, int]:
+        """Memoized tokenizations kept (each at most ``maxsize``; O(1))."""
+        return {
+            "tokenizer_memo_encode": self._encode.cache_info().currsize,
+            "tokenizer_memo_decode": self._decode.cache_info().currsize,
+        }
+
     def _encode_uncached(self, text: str, add_special_tokens: bool) -> tuple[int, ...]:
         return tuple(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 

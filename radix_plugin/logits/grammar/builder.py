@@ -13,7 +13,12 @@ import json
 import re
 from typing import TYPE_CHECKING
 
-from radix_plugin.logits.core.grammar_spec import GrammarKind, GrammarSpec, GrammarSpecError
+from radix_plugin.logits.core.grammar_spec import (
+    GrammarCannotFinishError,
+    GrammarKind,
+    GrammarSpec,
+    GrammarSpecError,
+)
 from radix_plugin.logits.grammar.satisfiable import analyse
 from radix_plugin.logits.grammar.strict_json import forbid_raw_control_chars
 
@@ -32,11 +37,20 @@ _CPP_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 def build_grammar(spec: GrammarSpec) -> xgr.Grammar:
     """Return the xgrammar `Grammar` for `spec`, raising `GrammarSpecError` if it is invalid.
 
-    Invalid includes a grammar that cannot finish (a rule with no finite derivation): xgrammar
-    accepts those, but generating under them never ends and jump-forward over them never
-    returns (see `radix_plugin.logits.grammar.satisfiable`).
+    Invalid includes a grammar that cannot finish (a rule with no finite derivation;
+    `GrammarCannotFinishError`): xgrammar accepts those, but generating under them never ends
+    and jump-forward over them never returns (see `radix_plugin.logits.grammar.satisfiable`).
     """
     return _build_grammar_cached(spec)
+
+
+def grammar_cache_sizes() -> dict[str, int]:
+    """Entries in this process's grammar caches (each an LRU of at most 256): grammars
+    built, and finiteness analyses (O(1))."""
+    return {
+        "grammar_builds": _build_grammar_cached.cache_info().currsize,
+        "grammar_finiteness": analyse.cache_info().currsize,
+    }
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,7 +58,7 @@ def _build_grammar_cached(spec: GrammarSpec) -> xgr.Grammar:
     grammar = _parse(spec)
     finiteness = analyse(str(grammar))
     if finiteness is not None and not finiteness.ok:
-        raise GrammarSpecError(f"{spec.kind.value} {finiteness.problem()}")
+        raise GrammarCannotFinishError(f"{spec.kind.value} {finiteness.problem()}")
     return grammar
 
 

@@ -98,6 +98,9 @@ class _Session:
     counted_silent: bool = False
     """Its last turn was counted as a session's last (silent past the horizon); undone if
     the session comes back after all."""
+    live: bool = False
+    """Counted in ``SessionPolicy.live_sessions``: its latest turn is within the stale
+    horizon and the client did not end it."""
 
 
 class _GapModel:
@@ -184,6 +187,8 @@ class SessionPolicy(EvictionPolicy):
         if shadow_blocks < 1:
             raise ValueError(f"shadow_blocks must be >= 1, got {shadow_blocks}")
         self.shadow_blocks = shadow_blocks
+        self.switches = 0
+        """Switches between LRU and the learned ranking (kept across resets, for /metrics)."""
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -212,6 +217,7 @@ class SessionPolicy(EvictionPolicy):
             self._sessions.move_to_end(key)
         state.ended = session_end is True
         state.promised = session_end is False
+        self._set_live(state, not state.ended)
         self._pending.append((now, key))
         if session is None and pages:
             self._ends[pages[-1]] = (key, state.turns)
@@ -345,7 +351,26 @@ class SessionPolicy(EvictionPolicy):
 
     def _switch(self, *, lru: bool) -> None:
         self.lru_mode = lru
+        self.switches += 1
         self.version += 1
+
+    def guard_state(self) -> tuple[float, float]:
+        """The learned ranking's shadow's lead over the LRU shadow (hits in pages, decayed
+        over ``window`` requests; negative when LRU leads) and the margin a switch needs."""
+        return self._lead, self.lru_z * math.sqrt(self._lead_var)
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the policy's per-session and per-request structures (O(1))."""
+        shadow = self._shadow_own
+        return {
+            "session_sessions": len(self._sessions),
+            "session_turns": len(self._turn_of),
+            "session_pending_turns": len(self._pending),
+            "session_prompt_ends": len(self._ends),
+            "session_new_paths": len(self._new_paths),
+            "session_shadow_lru_pages": len(self._shadow_lru),
+            "session_shadow_tree_blocks": shadow.tree.stats().cached_blocks if shadow else 0,
+        }
 
     def _live_density(self, state: _Session) -> float:
         age = self.requests - state.last_turn
@@ -430,8 +455,14 @@ class SessionPolicy(EvictionPolicy):
             state = self._sessions.get(key)
             if state is not None and state.last_turn == turn_at:
                 self._resolve(state, continued=False)
+                self._set_live(state, False)
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            self._set_live(self._sessions.popitem(last=False)[1], False)
+
+    def _set_live(self, state: _Session, live: bool) -> None:
+        if state.live != live:
+            state.live = live
+            self.live_sessions += 1 if live else -1
 
     def _reuse_share(self, origin: str) -> float:
         return (self._reused.get(origin, 0) + 1) / (self._inserted.get(origin, 0) + 2)
@@ -485,6 +516,7 @@ class SessionPolicy(EvictionPolicy):
     def on_reset(self) -> None:
         self.requests = 0
         self._sessions: OrderedDict[Hashable, _Session] = OrderedDict()
+        self.live_sessions = 0
         self._pending: deque[tuple[int, Hashable]] = deque()
         self._ends: OrderedDict[Hashable, tuple[Hashable, int]] = OrderedDict()
         self._turn_of: dict[Hashable, tuple[Hashable, int]] = {}
