@@ -1,7 +1,8 @@
 """``RadixHostTierConnector``: KVFlow's host tier and prefetch as an out-of-tree KV connector.
 
-Written against vLLM 0.32.0's and 0.33.0's ``KVConnectorBase_V1``. Enable it with one flag beside the
-scheduler's (the plugin then supplies the ``--kv-transfer-config`` below; see ``plugin.py``)::
+Written against vLLM 0.32.0's and 0.33.0's ``KVConnectorBase_V1``. Enable it with one flag
+beside the scheduler's (the plugin then supplies the ``--kv-transfer-config`` below; see
+``plugin.py``)::
 
     --scheduler-cls radix_plugin.RadixScheduler
     --additional-config '{"radix_plugin": {"eviction": "workflow", "host_tier_gib": 8}}'
