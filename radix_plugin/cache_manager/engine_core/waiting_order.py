@@ -47,6 +47,10 @@ class WaitingQueueOrder:
         """Requests whose waiting steps are counted (those waiting at the last step)."""
         return len(self._wait_steps)
 
+    def wait_steps(self, request_id: str) -> int:
+        """Steps ``request_id`` has been passed over while waiting (0 if not waiting)."""
+        return self._wait_steps.get(request_id, 0)
+
     def lookup(self, request: Any) -> tuple[int, RadixNode]:
         """Cached prefix of a waiting request (blocks, the node ending it), memoised for
         the current step."""
