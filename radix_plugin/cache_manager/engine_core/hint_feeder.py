@@ -41,6 +41,19 @@ class HintFeeder:
         """Live requests whose hints are kept."""
         return len(self.hints)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request, per-workflow and (with the session policy)
+        per-session structures (O(1))."""
+        sizes = {
+            "hints": len(self.hints),
+            "workflow_tracker": len(self.tracker),
+            "workflow_learner_workflows": self.learner.num_workflows,
+            "workflow_learner_agents": self.learner.num_agents,
+        }
+        if self._sessions is not None:
+            sizes.update(self._sessions.state_sizes())
+        return sizes
+
     def on_add(self, request: Any, new: bool) -> RequestHints:
         """Parse ``request``'s hints (a streaming session's later parts keep its first
         ones) and feed the policy what a new request tells it."""

@@ -218,6 +218,10 @@ class PinManager:
         """Requests whose pin is pending (their prompt is not computed yet)."""
         return len(self._pending)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request and per-pin structures (O(1))."""
+        return {"pins_pending": len(self._pending), "pin_table_nodes": len(self.table)}
+
     def on_add(self, request: Any, hints: RequestHints) -> None:
         """A new request: remember its pin for when its prompt is computed; an unpin
         request releases the pins on its prompt now."""

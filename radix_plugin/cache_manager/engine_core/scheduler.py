@@ -200,6 +200,20 @@ class RadixSchedulerMixin(SchedulerSeam):
         """The pins now: blocks and prefixes held, and the budget that bounds them."""
         return self.radix_pins.stats() if self.radix_pins is not None else PinStats()
 
+    def radix_state_sizes(self) -> dict[str, int]:
+        """Entries of the plugin's per-request and per-session structures, by structure:
+        each collaborator reports its own (O(1) each; bounds in docs/bounded-state.md)."""
+        sizes: dict[str, int] = {}
+        if self.radix_order is not None:
+            sizes.update(self.radix_order.state_sizes())
+        if self.radix_pins is not None:
+            sizes.update(self.radix_pins.state_sizes())
+        sizes.update(self.radix_hints.state_sizes())
+        sizes.update(self.radix_drafter.state_sizes())
+        if self.radix_watchdog is not None:
+            sizes["watchdog_requests"] = len(self.radix_watchdog)
+        return sizes
+
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's scheduler stats, carrying the pins to the API server's stat logger."""
         stats = super().make_stats(*args, **kwargs)  # type: ignore[misc]

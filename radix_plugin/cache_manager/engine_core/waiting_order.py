@@ -47,6 +47,10 @@ class WaitingQueueOrder:
         """Requests whose waiting steps are counted (those waiting at the last step)."""
         return len(self._wait_steps)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request structures (O(1))."""
+        return {"wait_steps": len(self._wait_steps), "lookup_memo": len(self._memo)}
+
     def wait_steps(self, request_id: str) -> int:
         """Steps ``request_id`` has been passed over while waiting (0 if not waiting)."""
         return self._wait_steps.get(request_id, 0)
@@ -63,10 +67,10 @@ class WaitingQueueOrder:
     def reorder(self, waiting: Any, running: Sequence[Any], token_budget: int) -> list[Any]:
         """Reorder ``waiting`` in place; returns the requests held back for this step
         (the caller puts them back at the head after ``schedule()``)."""
+        self._memo = {}  # last step's lookups would keep evicted nodes alive
         if not isinstance(waiting, FCFSRequestQueue) or not waiting:
             self._wait_steps.clear()
             return []
-        self._memo = {}
         current = list(waiting)
         old = self._wait_steps
         steps = self._wait_steps = {r.request_id: old.get(r.request_id, -1) + 1 for r in current}

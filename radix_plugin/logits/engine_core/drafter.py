@@ -103,6 +103,14 @@ class JumpForwardDrafter:
         """Requests whose mode is kept (the live ones, on a draft engine)."""
         return len(self._modes)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the per-request structures (O(1))."""
+        return {
+            "drafter_modes": len(self._modes),
+            "draft_caps": len(self.caps),
+            "forced_now": len(self._forced_now),
+        }
+
     def on_add(self, request: Any) -> None:
         """Before vLLM's ``add_request``: the plugin's strict JSON grammar for vLLM's own
         JSON requests and, on a draft engine, the scheduler-side grammar of ``radix_*``

@@ -166,6 +166,7 @@ class SessionPolicy(EvictionPolicy):
         self.window = window
         self.lru_z = lru_z
         self.guard = guard
+        self._shadow_limit = UNBOUNDED
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -311,6 +312,19 @@ class SessionPolicy(EvictionPolicy):
         self.lru_mode = lru
         self.version += 1
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries of the policy's per-session and per-request structures (O(1))."""
+        shadow = self._shadow_own
+        return {
+            "session_sessions": len(self._sessions),
+            "session_turns": len(self._turn_of),
+            "session_pending_turns": len(self._pending),
+            "session_prompt_ends": len(self._ends),
+            "session_new_paths": len(self._new_paths),
+            "session_shadow_lru_pages": len(self._shadow_lru),
+            "session_shadow_tree_blocks": shadow.tree.stats().cached_blocks if shadow else 0,
+        }
+
     def _live_density(self, state: _Session) -> float:
         age = self.requests - state.last_turn
         gaps = self._gap_model(state)
@@ -435,13 +449,27 @@ class SessionPolicy(EvictionPolicy):
         if LAST_HIT_KEY in lower.metadata:
             upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
 
+    def limit_shadows(self, blocks: int) -> None:
+        """The cache never holds more than ``blocks``: neither do the shadows, before its
+        first eviction sizes them exactly (they also see prompts never computed, aborted
+        before their prefill, and pages the cache dropped without evicting them)."""
+        self._shadow_limit = blocks
+        if not self._shadows_fitted:
+            self._resize_shadows(min(blocks, self._shadow_lru.capacity))
+
+    def _resize_shadows(self, capacity: int) -> None:
+        if self._shadow_own is not None:
+            self._shadow_lru.capacity = capacity
+            self._shadow_lru.touch(())
+            self._shadow_own.resize(capacity)
+
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         shadow = self._shadow_own
         if self.tree is not None and shadow is not None:  # full: size the shadows like it
             cached = self.tree.stats().cached_blocks
-            if cached > shadow.capacity or shadow.capacity == UNBOUNDED:
-                self._shadow_lru.capacity = cached
-                shadow.resize(cached)
+            if cached > shadow.capacity or not self._shadows_fitted:
+                self._shadows_fitted = True
+                self._resize_shadows(cached)
 
     def on_reset(self) -> None:
         self.requests = 0
@@ -462,6 +490,8 @@ class SessionPolicy(EvictionPolicy):
         self._shadow_lru = ShadowLRU()
         self._learner = self._learner_copy() if self.guard else None
         self._shadow_own = ShadowTree(self._learner) if self._learner is not None else None
+        self._shadows_fitted = False
+        self.limit_shadows(self._shadow_limit)
         self._lead = self._lead_var = 0.0
         self._since_rekey = 0
 

@@ -25,6 +25,9 @@ class ShadowLRU:
         self.capacity = UNBOUNDED
         self._pages: OrderedDict[Hashable, None] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._pages)
+
     def serve(self, pages: Sequence[Hashable]) -> int:
         """A request with prompt ``pages`` arrives: its cached prefix, in pages; then cache it."""
         hit = 0

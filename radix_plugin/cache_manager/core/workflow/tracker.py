@@ -18,6 +18,10 @@ class WorkflowTracker:
         self.max_workflows = max_workflows
         self._maps: OrderedDict[str, dict[str, int]] = OrderedDict()
 
+    def __len__(self) -> int:
+        """Workflows whose map is kept."""
+        return len(self._maps)
+
     def update(self, workflow_id: str, steps: Mapping[str, int]) -> None:
         """Record a workflow's current map (the most recently updated one is kept longest)."""
         self._maps.pop(workflow_id, None)
