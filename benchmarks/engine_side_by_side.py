@@ -13,6 +13,7 @@ ratio. ``--scheduler-steps`` also measures ``Scheduler.schedule()`` time per ste
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from results_io import (
     model_choices,
     resolve_dtype,
     result_name,
+    watched_env,
     write_results,
 )
 
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="native", help=DTYPE_HELP)
     ap.add_argument("--out", default=None, help="write JSON + markdown here")
     args = ap.parse_args(argv)
+    os.environ.update(watched_env())  # the plugin engine's watchdog (both live in here)
     names = [w for w in args.workloads.split(",") if w]
     bad = [w for w in names if w not in WORKLOADS]
     if bad:

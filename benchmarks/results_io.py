@@ -39,13 +39,22 @@ def run_in_child(script: str, side: str, argv: list[str]) -> Any:
     """Run ``script`` with the parent's arguments plus ``--child SIDE``; the child prints its
     JSON as its last line and writes nothing. One process per side: engines built in one
     process are not equal (the one built second ran ~8% slower per step for the same
-    positions on a 2-core EPYC)."""
+    positions on a 2-core EPYC). The plugin's watchdog is on in the child: a stuck request
+    fails the side with the scheduler's view of it instead of running forever."""
     cmd = [sys.executable, script, *argv, "--child", side]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = watched_env()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"side {side!r} failed (exit {done.returncode})")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def watched_env() -> dict[str, str]:
+    """This process's environment with the plugin's watchdog on (``RADIX_PLUGIN_WATCHDOG``)."""
+    from radix_plugin.config import WATCHDOG_ENV
+
+    return dict(os.environ, **{WATCHDOG_ENV: "1"})
 
 
 DTYPE_HELP = "native (bf16 where the CPU has it, else float32), auto (the model's), or a dtype"

@@ -4,8 +4,10 @@ Greedy and sampled, grammar (radix_* xargs and vLLM's own structured outputs) an
 workflow-tagged and pinned requests, plus clients that disconnect mid-stream, from several
 concurrent clients for a fixed time, on a KV pool a few long prompts overflow. Reports
 requests, errors (any 5xx or transport failure), stuck requests (no answer within the client
-timeout, or still running after the load stops), and the idle KV usage and server RSS before
-and after. `make soak`; written to benchmarks/results/soak.{json,md}.
+timeout, or still running after the load stops, or any line of the plugin's watchdog, which
+runs in the server and fails the engine with the scheduler's view of a request that cannot
+progress), and the idle KV usage and server RSS before and after. `make soak`; written to
+benchmarks/results/soak.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import machine, write_results
 
 from radix_plugin.cache_manager.core.workflow import AgentStepGraph
+from radix_plugin.cache_manager.engine_core.watchdog import LOG_PREFIX
 from radix_plugin.testing.models import get_model_path
 from radix_plugin.testing.server import (
     free_port,
@@ -196,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         after = _snapshot(base, proc)
         alive = popen.poll() is None
         _post(base, {"model": model, "prompt": "still there?", "max_tokens": 4})
+    watchdog = watchdog_lines(log_path)
     total = sum(counts.values()) + len([e for e in errors if "HTTP" not in e])
     return {
         "machine": machine(),
@@ -208,11 +212,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "errors": len(errors),
         "error_samples": errors[:10],
         "stuck": stuck + int(still_busy),
+        "watchdog_lines": len(watchdog),
+        "watchdog_samples": [line[:2000] for line in watchdog[:5]],
         "drain_s": round(drain_s, 1),
         "idle_before": before,
         "idle_after": after,
         "server_alive": alive,
     }
+
+
+def watchdog_lines(log_path: Path) -> list[str]:
+    """The plugin watchdog's lines in the server log (a stuck request, or a repaired one)."""
+    with open(log_path, errors="replace") as log:
+        return [line.rstrip() for line in log if LOG_PREFIX in line]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -236,6 +248,7 @@ the client hung up after the first chunk, by design).
 | requests | {result["requests"]} |
 | errors (5xx, 4xx on valid requests, transport) | {result["errors"]} |
 | stuck (client timeout, or still running after load) | {result["stuck"]} |
+| watchdog lines in the server log (`{LOG_PREFIX}`) | {result["watchdog_lines"]} |
 | drain after load (s) | {result["drain_s"]} |
 | idle KV usage before / after | {b["kv_cache_usage_perc"]:.3f} / {a["kv_cache_usage_perc"]:.3f} |
 | pinned KV blocks (`radix_pin`) before / after | {b["pinned_kv_blocks"]:.0f} \
@@ -252,6 +265,8 @@ the client hung up after the first chunk, by design).
 {rows}
 
 Error samples: {result["error_samples"] or "none"}
+
+Watchdog lines: {result["watchdog_samples"] or "none"}
 """
 
 
@@ -267,7 +282,8 @@ def main() -> None:
     result = run(args)
     write_results(args.out, "soak", result, markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "by_kind_status"}, indent=1))
-    if result["errors"] or result["stuck"] or not result["server_alive"]:
+    failed = result["errors"] or result["stuck"] or result["watchdog_lines"]
+    if failed or not result["server_alive"]:
         sys.exit(1)
 
 

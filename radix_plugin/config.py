@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,11 @@ JUMP_FORWARD_PROPOSER = "radix_plugin.logits.engine_core.jump_forward_drafts.NoD
 JUMP_FORWARD_MODES = ENGINE_MODES
 HOST_TIER_CONNECTOR = "RadixHostTierConnector"
 HOST_TIER_CONNECTOR_MODULE = "radix_plugin.cache_manager.connector"
+
+
+WATCHDOG_ENV = "RADIX_PLUGIN_WATCHDOG"
+"""``1`` turns the watchdog on for every plugin engine started with this environment: how
+benchmarks and the soak watch engines whose ``--additional-config`` is what they measure."""
 
 
 class RadixConfigError(ValueError):
@@ -69,6 +75,9 @@ class RadixPluginConfig:
     """Host tier: load the prefixes of agents due soon before their requests arrive."""
     load_ahead_steps: int = 2
     """Host tier: prefetch agents whose steps-to-execution is at most this."""
+    watchdog: bool = False
+    """Fail the engine (with a dump of the scheduler's view) when a request cannot progress
+    (see ``cache_manager.engine_core.watchdog``); also on with ``RADIX_PLUGIN_WATCHDOG=1``."""
 
     @classmethod
     def from_additional_config(cls, additional_config: Any) -> RadixPluginConfig:
@@ -115,6 +124,11 @@ class RadixPluginConfig:
     @classmethod
     def from_vllm_config(cls, vllm_config: Any) -> RadixPluginConfig:
         return cls.from_additional_config(getattr(vllm_config, "additional_config", None))
+
+    @property
+    def watchdog_on(self) -> bool:
+        """The ``watchdog`` setting, or ``RADIX_PLUGIN_WATCHDOG=1`` in the environment."""
+        return self.watchdog or os.environ.get(WATCHDOG_ENV) == "1"
 
     def _problems(self) -> list[str]:
         problems = []

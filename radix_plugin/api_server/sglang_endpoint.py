@@ -35,7 +35,9 @@ from radix_plugin.compat import check_vllm_seams
 from radix_plugin.plugin_allowlist import SGLANG_ENDPOINT_PLUGIN, check_allowlist
 
 HEALTH_TIMEOUT_S = 30.0
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest ``/generate`` body read: a full batch of prompts at the context length fits;
+the body is read in chunks and refused (413) once past it, so it is never held whole."""
 
 
 class SglangEndpointPlugin:
@@ -86,7 +88,11 @@ async def get_model_info(request: Request) -> JSONResponse:
 @router.get("/server_info")
 @router.get("/get_server_info")
 async def get_server_info(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.state.sglang_server_info)
+    """The settings, plus the endpoint's sequences in flight (its only per-request state)."""
+    in_flight = len(_generator(request).running.by_rid)
+    return JSONResponse(
+        {**request.app.state.sglang_server_info, "sglang_requests_in_flight": in_flight}
+    )
 
 
 @router.get("/health_generate")
@@ -172,10 +178,23 @@ async def flush_cache(raw_request: Request) -> Response:
     return Response(content=text, status_code=200 if ok else 400)
 
 
+class BodyTooLarge(SglRequestError):
+    """HTTP 413: the body is larger than ``MAX_BODY_BYTES``."""
+
+    status = 413
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise SglRequestError("body", f"is {len(raw)} bytes; at most {MAX_BODY_BYTES}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge("body", f"is {declared} bytes; at most {MAX_BODY_BYTES}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge("body", f"is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return {}
     try:
@@ -195,10 +214,11 @@ def _failure(failure: SequenceFailed) -> JSONResponse:
 def _error(exc: Exception) -> JSONResponse:
     message = str(exc)
     field = getattr(exc, "field", None)
-    payload: dict[str, Any] = {"error": {"message": message, "code": 400}}
+    status = getattr(exc, "status", 400)
+    payload: dict[str, Any] = {"error": {"message": message, "code": status}}
     if field:
         payload["error"]["param"] = field
-    return JSONResponse(payload, status_code=400)
+    return JSONResponse(payload, status_code=status)
 
 
 def _max_logprobs(request: Request) -> int:

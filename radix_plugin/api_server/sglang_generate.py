@@ -71,9 +71,14 @@ class SglGenerator:
         return self.tokenizer.batch_decode([[i] for i in ids])
 
     async def prepare(self, request: SglGenerate) -> list[Prepared]:
-        """Tokenize and plan every sequence; raises ``SglRequestError`` for a bad one."""
+        """Tokenize and plan every sequence; raises ``SglRequestError`` for a bad one.
+        Both run on a thread: a batch's tokenization and a grammar's check (seconds for a
+        large schema) would otherwise stall every other client of the event loop."""
         texts = sorted({item.text for item in request.items if item.text is not None})
         encoded = dict(zip(texts, await asyncio.to_thread(self._encode, texts), strict=True))
+        return await asyncio.to_thread(self._plan, request, encoded)
+
+    def _plan(self, request: SglGenerate, encoded: dict[str, list[int]]) -> list[Prepared]:
         out = []
         for i, item in enumerate(request.items):
             ids = list(item.input_ids) if item.input_ids is not None else encoded[item.text]

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from vllm.engine.arg_utils import EngineArgs
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
 from vllm.v1.request import Request
 from vllm.v1.structured_output import StructuredOutputManager
 
@@ -119,18 +120,68 @@ def runner_output(scheduler: Any, scheduler_output: Any, token: int = 7) -> Mode
     )
 
 
-def step(scheduler: Any, token: int = 7) -> Any:
-    """One engine-core step: ``schedule`` then ``update_from_output``; returns the
-    scheduler output."""
+def masked_runner_output(scheduler: Any, scheduler_output: Any, token: int = 7) -> Any:
+    """``runner_output`` under the grammars, as a greedy model with flat logits samples:
+    each structured row's token is the lowest id its bitmask allows (the scheduler's own
+    ``get_grammar_bitmask``, forced rows included), and a draft is accepted while it equals
+    that; rows without a grammar sample ``token``. Called between ``schedule`` and
+    ``update_from_output``, as EngineCore does."""
+    grammar = scheduler.get_grammar_bitmask(scheduler_output)
+    drafts = scheduler_output.scheduled_spec_decode_tokens
+    rows: dict[str, list[int]] = {}
+    if grammar is not None:
+        at = 0
+        for rid in grammar.structured_output_request_ids:
+            n = 1 + len(drafts.get(rid, ()))
+            rows[rid] = [_lowest_allowed(r) for r in grammar.grammar_bitmask[at : at + n]]
+            at += n
+    req_ids = list(scheduler_output.num_scheduled_tokens)
+    sampled: list[list[int]] = []
+    for rid in req_ids:
+        request = scheduler.requests[rid]
+        if request.num_computed_tokens < request.num_prompt_tokens:
+            sampled.append([])
+            continue
+        picks = rows.get(rid)
+        scheduled = list(drafts.get(rid, ()))
+        out: list[int] = []
+        for i in range(len(scheduled) + 1):
+            pick = picks[i] if picks is not None else token
+            out.append(pick)
+            if i == len(scheduled) or scheduled[i] != pick:
+                break
+        sampled.append(out)
+    return ModelRunnerOutput(
+        req_ids=req_ids,
+        req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
+        sampled_token_ids=sampled,
+    )
+
+
+def _lowest_allowed(row: Any) -> int:
+    allowed = np.flatnonzero(np.unpackbits(np.asarray(row).view(np.uint8), bitorder="little"))
+    return int(allowed[0])
+
+
+def step(scheduler: Any, token: int = 7, *, masked: bool = False) -> Any:
+    """One engine-core step: ``schedule``, then ``update_draft_token_ids`` with the
+    model's drafts (none: the plugin's forced drafts are what is offered) when drafts are
+    configured, and ``update_from_output``; returns the scheduler output. ``masked``
+    samples under the grammars (``masked_runner_output``)."""
     out = scheduler.schedule()
-    scheduler.update_from_output(out, runner_output(scheduler, out, token))
+    result = (masked_runner_output if masked else runner_output)(scheduler, out, token)
+    scheduler.update_from_output(out, result)
+    if scheduler.num_spec_tokens and out.total_num_scheduled_tokens:
+        # EngineCore.post_step: the proposer's (empty) drafts, then the plugin's offer.
+        ids = list(out.num_scheduled_tokens)
+        scheduler.update_draft_token_ids(DraftTokenIds(ids, [[] for _ in ids]))
     return out
 
 
-def run_steps(scheduler: Any, max_steps: int = 40, token: int = 7) -> int:
+def run_steps(scheduler: Any, max_steps: int = 40, token: int = 7, *, masked: bool = False) -> int:
     """Step until no request is unfinished; returns the steps taken."""
     for n in range(max_steps):
         if not scheduler.has_unfinished_requests():
             return n
-        step(scheduler, token)
+        step(scheduler, token, masked=masked)
     raise AssertionError(f"requests still unfinished after {max_steps} steps")

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from radix_plugin.config import WATCHDOG_ENV
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -58,12 +60,15 @@ def server_command(
 
 
 def server_env() -> dict[str, str]:
-    """1 GiB of KV space (the override above caps what is used) and one thread per process."""
+    """1 GiB of KV space (the override above caps what is used), one thread per process,
+    and the plugin's watchdog on (a stuck request fails the server, logged with
+    ``radix_plugin watchdog:``, instead of hanging a test or benchmark)."""
     return dict(
         os.environ,
         VLLM_CPU_KVCACHE_SPACE="1",
         OMP_NUM_THREADS="1",
         VLLM_ENABLE_V1_MULTIPROCESSING="1",
+        **{WATCHDOG_ENV: "1"},
     )
 
 

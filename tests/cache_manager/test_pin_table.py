@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radix_plugin.cache_manager.core.radix_tree import PinBudgetExceeded, RadixNode, RadixTree
-from radix_plugin.cache_manager.engine_core.pins import PinTable
+from radix_plugin.cache_manager.engine_core.pins import MAX_TIMED_PINNERS, PinTable
 
 BUDGET = 5
 SEQUENCES = [[1, 2, 3, 4], [1, 2, 7], [9, 8], [9, 8, 7, 6, 5, 4], [3]]
@@ -178,3 +178,25 @@ def test_expired_pins_release_their_blocks_and_unpin_releases_ancestors() -> Non
     table.pin(two)
     assert table.release(four) == 2  # the prefix and its pinned ancestor
     assert len(table) == 0 and table.pinned_blocks == 0
+
+
+def test_pinners_without_expiry_are_counted_not_stored() -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    leaf = next(n for n in nodes if n.depth_in_blocks() == 4)
+    for _ in range(10_000):
+        table.pin(leaf)
+    assert table.count(leaf) == 10_000 and table.stored_expiries(leaf) == 0
+    assert table.expires_at(leaf) == INF
+
+
+def test_timed_pinners_per_node_are_bounded_and_the_latest_expiry_is_kept() -> None:
+    tree, nodes = tree_with_nodes()
+    table = PinTable(tree)
+    leaf = next(n for n in nodes if n.depth_in_blocks() == 4)
+    for i in range(1000):
+        table.pin(leaf, expires_at=1000.0 - i)  # the first pinner lasts longest
+    assert table.stored_expiries(leaf) == MAX_TIMED_PINNERS
+    assert table.expires_at(leaf) == 1000.0
+    assert table.expire(999.0) == 0 and table.count(leaf) == 1  # only the longest is left
+    assert table.expire(1000.0) == 1 and table.pinned_blocks == 0

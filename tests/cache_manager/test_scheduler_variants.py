@@ -329,3 +329,14 @@ def test_async_variant_runs_requests_to_completion(cls: type) -> None:
     assert pool.get_num_free_blocks() == BLOCKS - 1
     if cls is MyScheduler:
         assert scheduler.steps_seen == steps
+
+
+def test_repeat_pinners_of_one_prefix_keep_one_bounded_entry() -> None:
+    scheduler = build(async_scheduling=False)
+    shared = list(range(64))  # 2 blocks
+    for i in range(200):  # no TTL: each would have added an expiry time
+        scheduler.add_request(make_request(f"p{i}", [*shared, 100 + i], {"radix_pin": True}))
+    run_steps(scheduler, max_steps=400)
+    table = scheduler.radix_pins.table
+    (node,) = table._pins
+    assert table.count(node) == 200 and table.stored_expiries(node) == 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from xgrammar.testing import _is_grammar_accept_string as accepts
 
 from radix_plugin.logits.core.grammar_spec import GrammarSpecError, parse_grammar_spec
-from radix_plugin.logits.grammar.builder import build_grammar
+from radix_plugin.logits.grammar.builder import MAX_SCHEMA_PROPERTIES, build_grammar
 
 SCHEMA = {
     "type": "object",
@@ -87,6 +87,17 @@ def test_deeply_nested_schema_is_rejected_before_xgrammar_recurses() -> None:
         schema = {"type": "array", "items": schema}
     with pytest.raises(GrammarSpecError, match="nested more than"):
         _build(radix_json_schema=json.dumps(schema))
+
+
+def test_schemas_past_the_property_bound_are_refused_before_compiling() -> None:
+    """10,000 optional properties never finish compiling; the bound counts every object."""
+    half = {f"p{i}": {"type": "integer"} for i in range(MAX_SCHEMA_PROPERTIES // 2)}
+    inner = {"type": "object", "properties": half}
+    fits = {"type": "object", "properties": {**half, "inner": inner}}
+    with pytest.raises(GrammarSpecError, match=f"{MAX_SCHEMA_PROPERTIES + 1} properties"):
+        _build(radix_json_schema=json.dumps(fits))
+    del half["p0"]
+    assert accepts(_build(radix_json_schema=json.dumps(fits)), '{"inner":{}}')
 
 
 RECURSIVE_REQUIRED = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}

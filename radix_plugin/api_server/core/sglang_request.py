@@ -159,6 +159,7 @@ def parse_generate(
     """Validate an SGLang ``/generate`` body and expand it into sequences."""
     if not isinstance(body, Mapping):
         raise SglRequestError("body", "must be a JSON object")
+    _refuse_lone_surrogates(body)
     _refuse_unknown(body)
     prompts, batched = _prompts(body)
     count = len(prompts)
@@ -212,6 +213,34 @@ def parse_generate(
     if len({item.rid for item in items}) != len(items):
         raise SglRequestError("rid", "request ids must be unique within a request")
     return SglGenerate(items=items, batched=batched or sum(ns) > count, stream=stream)
+
+
+def _refuse_lone_surrogates(body: Mapping[str, Any]) -> None:
+    """JSON's ``\\ud800`` escapes decode to strings that are not Unicode text (no UTF-8
+    encoding): the tokenizer, the grammar compiler and vLLM's msgpack would each fail on
+    them with an error naming no field. Name the first one (keys included)."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _utf8(value, path)
+        elif isinstance(value, Mapping):
+            for key, item in reversed(list(value.items())):
+                key = str(key)
+                _utf8(key, f"{path} key" if path else "body key")
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+
+
+def _utf8(text: str, path: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        where = path.encode(errors="backslashreplace").decode()[:120]
+        raise SglRequestError(
+            where, f"has a lone UTF-16 surrogate at character {exc.start}"
+        ) from None
 
 
 def _refuse_unknown(body: Mapping[str, Any]) -> None:
@@ -305,6 +334,7 @@ def _sampling(raw: Mapping[str, Any] | None, name: str, vocab_size: int | None) 
         raise SglRequestError(
             f"{name}.min_new_tokens", f"must be in [0, max_new_tokens={max_new}], got {min_new}"
         )
+    get.integer("stream_interval", 1, low=1, high=2**31)  # validated; every chunk is sent
     if raw.get("stop_regex"):  # vLLM has no regex stop; [] / null is what clients send
         raise SglRequestError(f"{name}.stop_regex", "is not supported by this server")
     grammars = [key for key in ("json_schema", "regex", "ebnf") if raw.get(key)]
@@ -317,7 +347,7 @@ def _sampling(raw: Mapping[str, Any] | None, name: str, vocab_size: int | None) 
         min_new_tokens=min_new,
         stop=get.strings("stop", MAX_STOP_COUNT, MAX_STOP_CHARS),
         stop_token_ids=get.token_ids("stop_token_ids", vocab_size),
-        temperature=get.number("temperature", d.temperature, low=0.0),
+        temperature=get.number("temperature", d.temperature, low=0.0, high=2.0),  # as vLLM
         top_p=get.number("top_p", d.top_p, low=0.0, high=1.0, open_low=True),
         top_k=_top_k(get.integer("top_k", d.top_k), name),
         min_p=get.number("min_p", d.min_p, low=0.0, high=1.0),

@@ -41,7 +41,7 @@ from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from radix_plugin.cache_manager.core.hints import RequestHintsMap
-from radix_plugin.cache_manager.core.policies.session import tag_session
+from radix_plugin.cache_manager.core.policies.session import SessionPolicy, tag_session
 from radix_plugin.cache_manager.core.radix_tree import RadixNode, RadixTree
 from radix_plugin.cache_manager.engine_core.kv_events import (
     StoredBlock,
@@ -198,6 +198,8 @@ class RadixBlockPool(BlockPoolSeam):
         self.tree = RadixTree(
             hash_block_size, policy, max_pinned_blocks=max_pinned_blocks, path_compression=False
         )
+        if isinstance(policy, SessionPolicy):
+            policy.limit_shadows(num_gpu_blocks - 1)  # the null block is never cached
         # Block id -> its tree node (a list: one slot per block, no per-entry object).
         self._node_of: list[RadixNode | None] = [None] * num_gpu_blocks
         # Page key (vLLM's chained block hash with group id) -> node, for lookups that

@@ -3,7 +3,8 @@
 ``PinTable`` is the bookkeeping of the tree pins requests asked for; ``PinManager`` is the
 scheduler's one collaborator for pins: it learns of a pinning request at ``add_request``,
 pins its prompt once the prompt is computed (or when it is freed, for a request that ended
-in its prefill step), expires pins on the configured clock, and reports ``PinStats``.
+in its prefill step), expires pins on the configured clock, releases the oldest pins when
+they alone keep a waiting request out, and reports ``PinStats``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from vllm.v1.request import RequestStatus
 
 from radix_plugin.cache_manager.core.errors import PinBudgetExceeded
 from radix_plugin.cache_manager.core.hints import RequestHints
@@ -25,6 +29,48 @@ from radix_plugin.cache_manager.engine_core.block_pool import RadixBlockPool
 logger = logging.getLogger(__name__)
 
 
+MAX_TIMED_PINNERS = 64
+"""Pinners with a TTL kept per node. Past it, the one due first is dropped: the node's pin
+lasts as long (the latest expiry is kept); only ``count`` saturates."""
+
+
+@dataclass
+class _Pinners:
+    """One node's pinners: how many have no expiry, and the others' expiry times, sorted."""
+
+    forever: int = 0
+    timed: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.forever + len(self.timed)
+
+    def add(self, expires_at: float) -> None:
+        if expires_at == math.inf:
+            self.forever += 1
+            return
+        bisect.insort(self.timed, expires_at)
+        if len(self.timed) > MAX_TIMED_PINNERS:
+            del self.timed[0]
+
+    def drop_first(self) -> None:
+        """Drop the pinner due first (timed ones before those without expiry)."""
+        if self.timed:
+            del self.timed[0]
+        else:
+            self.forever -= 1
+
+    def expire(self, now: float) -> None:
+        del self.timed[: bisect.bisect_right(self.timed, now)]
+
+    @property
+    def first_expiry(self) -> float:
+        return self.timed[0] if self.timed else math.inf
+
+    @property
+    def last_expiry(self) -> float:
+        return math.inf if self.forever else self.timed[-1]
+
+
 class PinTable:
     """Explicit pins (``radix_pin``): one tree pin per distinct node, counted by pinners.
 
@@ -33,26 +79,32 @@ class PinTable:
     expires (a pin with a time-to-live, see :meth:`expire`), or :meth:`release` drops them
     all at once. When a new pin does not fit the budget, the least recently pinned nodes
     lose their pins first. The table never holds more than the distinct pinned nodes (each
-    at least one block, so at most the budget).
+    at least one block, so at most the budget), and per node a count of pinners without
+    expiry plus at most ``MAX_TIMED_PINNERS`` expiry times.
     """
 
     def __init__(self, tree: RadixTree) -> None:
         self._tree = tree
-        # node -> its pinners' expiry times, soonest first (inf: never); least recently
-        # pinned node first
-        self._pins: OrderedDict[RadixNode, list[float]] = OrderedDict()
+        # node -> its pinners; least recently pinned node first
+        self._pins: OrderedDict[RadixNode, _Pinners] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pins)
 
     def count(self, node: RadixNode) -> int:
-        """How many pinners hold ``node``."""
-        return len(self._pins.get(node, ()))
+        """How many pinners hold ``node`` (timed ones counted up to ``MAX_TIMED_PINNERS``)."""
+        pinners = self._pins.get(node)
+        return len(pinners) if pinners is not None else 0
+
+    def stored_expiries(self, node: RadixNode) -> int:
+        """Expiry times kept for ``node`` (the bounded part of its entry)."""
+        pinners = self._pins.get(node)
+        return len(pinners.timed) if pinners is not None else 0
 
     def expires_at(self, node: RadixNode) -> float | None:
         """When ``node``'s last pinner expires (inf: never); ``None`` if it is not pinned."""
-        expiries = self._pins.get(node)
-        return expiries[-1] if expiries else None
+        pinners = self._pins.get(node)
+        return pinners.last_expiry if pinners is not None else None
 
     @property
     def pinned_blocks(self) -> int:
@@ -66,7 +118,7 @@ class PinTable:
         unpinning older pins (which are then dropped)."""
         self._forget_detached()
         if node in self._pins:
-            bisect.insort(self._pins[node], expires_at)
+            self._pins[node].add(expires_at)
             self._pins.move_to_end(node)
             return
         budget = self._tree.max_pinned_blocks
@@ -80,18 +132,17 @@ class PinTable:
                 self._tree.pin(node)
                 break
             except PinBudgetExceeded:
-                if not self._pins:
+                if not self.release_oldest():
                     raise
-                oldest, _ = self._pins.popitem(last=False)
-                self._tree.unpin(oldest)
-        self._pins[node] = [expires_at]
+        pinners = self._pins[node] = _Pinners()
+        pinners.add(expires_at)
 
     def unpin(self, node: RadixNode) -> None:
         """Drop one pinner of ``node`` (the one due to expire first); the last one unpins
         it in the tree."""
-        expiries = self._pins[node]
-        expiries.pop(0)
-        if not expiries:
+        pinners = self._pins[node]
+        pinners.drop_first()
+        if not pinners:
             del self._pins[node]
             self._tree.unpin(node)
 
@@ -107,15 +158,24 @@ class PinTable:
             self._tree.unpin(n)
         return len(released)
 
+    def release_oldest(self) -> bool:
+        """Drop every pinner of the least recently pinned prefix; False if none is pinned."""
+        self._forget_detached()
+        if not self._pins:
+            return False
+        oldest, _ = self._pins.popitem(last=False)
+        self._tree.unpin(oldest)
+        return True
+
     def expire(self, now: float) -> int:
         """Drop the pinners whose time is up (``expires_at <= now``); returns how many
         pinned prefixes that released."""
         self._forget_detached()
         released = 0
-        for node in [n for n, expiries in self._pins.items() if expiries[0] <= now]:
-            expiries = self._pins[node]
-            del expiries[: bisect.bisect_right(expiries, now)]
-            if not expiries:
+        for node in [n for n, p in self._pins.items() if p.first_expiry <= now]:
+            pinners = self._pins[node]
+            pinners.expire(now)
+            if not pinners:
                 del self._pins[node]
                 self._tree.unpin(node)
                 released += 1
@@ -191,6 +251,22 @@ class PinManager:
         ttl = self._pending.pop(request.request_id, None)
         if ttl is not None and request.num_computed_tokens >= request.num_prompt_tokens:
             self._pin_prompt(request, ttl)
+
+    def yield_to(self, waiting: Iterable[Any]) -> None:
+        """Pins never keep a request out: called after a step that ran nothing and admitted
+        nothing, it releases the least recently pinned prefix if the free blocks cannot
+        hold the first admissible waiting request's uncached tokens (one prefix per such
+        step, so the fewest pins go). Without this a request needing more than the pool
+        minus the pins would wait forever, the engine spinning empty steps."""
+        admissible = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+        request = next((r for r in waiting if r.status in admissible), None)
+        if request is None:
+            return
+        hit, _ = self._pool.cached_prefix_node(request.block_hashes)
+        needed = -(-(request.num_tokens + 1) // self._block_size) - hit
+        if needed <= self._pool.get_num_free_blocks() or not self.table.release_oldest():
+            return
+        self._log(f"released for request {request.request_id}, which the pins kept out")
 
     def on_reset(self) -> None:
         """The pool's prefix-cache reset dropped every pin in the tree."""

@@ -10,7 +10,9 @@ of its methods, each override delegating to one collaborator per concern:
   policy (``radix_steps``, or steps learned from tags) and the session policy;
 - ``pins.PinManager``: ``radix_pin`` / ``radix_unpin`` and their TTLs;
 - ``logits.engine_core.drafter.JumpForwardDrafter``: jump-forward drafts and the bitmask
-  rows that force them.
+  rows that force them;
+- ``watchdog``: the repair of a lost sample, and (opt-in) ``StepWatchdog``, which fails the
+  engine with the scheduler's view of a request that cannot progress.
 
 ``make_stats`` adds the plugin's metrics (``plugin_samples.PluginSamples``, read from where
 each is counted, and sent as ``plugin_metrics.StepChanges``) to vLLM's scheduler stats,
@@ -36,6 +38,7 @@ from radix_plugin.cache_manager.engine_core.host_tier import HostTierScheduler
 from radix_plugin.cache_manager.engine_core.pins import PinManager
 from radix_plugin.cache_manager.engine_core.plugin_samples import PluginSamples
 from radix_plugin.cache_manager.engine_core.waiting_order import WaitingQueueOrder
+from radix_plugin.cache_manager.engine_core.watchdog import StepWatchdog, repair_lost_samples
 from radix_plugin.compat import (
     SchedulerSeam,
     check_vllm_seams,
@@ -58,7 +61,7 @@ class RadixSchedulerMixin(SchedulerSeam):
     queue's cache-aware order and hold-back), ``radix_hints`` (request hints into the
     workflow and session policies), ``radix_pins`` (``radix_pin`` / ``radix_unpin``),
     ``radix_drafter`` (jump-forward drafts and their bitmask rows). The overrides below
-    only call them around vLLM's own methods.
+    only call them around vLLM's own methods; ``radix_watchdog`` (opt-in) watches them all.
     """
 
     radix_config: RadixPluginConfig
@@ -68,6 +71,7 @@ class RadixSchedulerMixin(SchedulerSeam):
     radix_pins: PinManager | None
     radix_drafter: JumpForwardDrafter
     radix_host: HostTierScheduler | None
+    radix_watchdog: StepWatchdog | None
 
     def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         check_vllm_seams("scheduler")  # before anything is patched
@@ -128,11 +132,18 @@ class RadixSchedulerMixin(SchedulerSeam):
             state_sizes=self.radix_state_sizes,
         )
         self._radix_changes = StepChanges()
+        self.radix_watchdog = None
+        if config.watchdog_on:
+            order = self.radix_order
+            self.radix_watchdog = StepWatchdog(
+                wait_steps=order.wait_steps if order is not None else lambda rid: 0
+            )
         logger.info(
-            "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s",
+            "radix_plugin enabled: eviction=%s schedule=%s in_batch_sharing=%s watchdog=%s",
             config.eviction,
             config.schedule,
             config.in_batch_sharing,
+            self.radix_watchdog is not None,
         )
 
     def _vllm(self) -> Scheduler:
@@ -154,8 +165,22 @@ class RadixSchedulerMixin(SchedulerSeam):
         finally:
             if held_back:
                 vllm.waiting.prepend_requests(held_back)
+        idle = not output.total_num_scheduled_tokens and not vllm.running
+        if self.radix_pins is not None and idle and vllm.waiting:
+            self.radix_pins.yield_to(vllm.waiting)
         self.radix_hints.after_schedule(output, vllm.requests)
+        if self.radix_watchdog is not None:
+            self.radix_watchdog.after_schedule(output, vllm.requests, held_back, self._queues)
         return output
+
+    def _queues(self) -> list[tuple[Any, str]]:
+        """Every unfinished request, with the queue it is in (for the watchdog's dump)."""
+        vllm = self._vllm()
+        return [
+            *((r, "running") for r in vllm.running),
+            *((r, "waiting") for r in vllm.waiting),
+            *((r, "kv_holding_waiting") for r in vllm.kv_holding_waiting),
+        ]
 
     def add_request(self, request: Any) -> None:
         new = request.request_id not in self._vllm().requests
@@ -182,6 +207,10 @@ class RadixSchedulerMixin(SchedulerSeam):
         requests = self._vllm().requests
         before = self.radix_drafter.outputs_before(scheduler_output, requests)
         result = super().update_from_output(scheduler_output, model_runner_output)  # type: ignore[misc]
+        if self.radix_watchdog is not None:
+            self.radix_watchdog.after_step(scheduler_output, requests, self._vllm().running)
+        if not isinstance(self, AsyncScheduler):
+            repair_lost_samples(scheduler_output.num_scheduled_tokens, requests)
         self.radix_drafter.observe(before, requests)
         if self.radix_pins is not None:
             self.radix_pins.after_step(scheduler_output.num_scheduled_tokens, requests)
@@ -197,7 +226,7 @@ class RadixSchedulerMixin(SchedulerSeam):
 
     def radix_state_sizes(self) -> dict[str, int]:
         """Entries of the plugin's per-request and per-session structures, by structure:
-        each collaborator reports its own (O(1) each)."""
+        each collaborator reports its own (O(1) each; bounds in docs/bounded-state.md)."""
         sizes: dict[str, int] = {}
         if self.radix_order is not None:
             sizes.update(self.radix_order.state_sizes())
@@ -207,6 +236,8 @@ class RadixSchedulerMixin(SchedulerSeam):
         sizes.update(self.radix_drafter.state_sizes())
         if self.radix_host is not None:
             sizes.update(self.radix_host.state_sizes())
+        if self.radix_watchdog is not None:
+            sizes["watchdog_requests"] = len(self.radix_watchdog)
         return sizes
 
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
@@ -223,6 +254,8 @@ class RadixSchedulerMixin(SchedulerSeam):
         self.radix_drafter.forget(request.request_id)
         if self.radix_pins is not None:
             self.radix_pins.on_freed(request)
+        if self.radix_watchdog is not None:
+            self.radix_watchdog.forget(request.request_id)
 
     def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
         ok = super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]

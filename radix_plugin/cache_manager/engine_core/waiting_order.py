@@ -55,6 +55,10 @@ class WaitingQueueOrder:
         """Entries of the per-request structures (O(1))."""
         return {"wait_steps": len(self._wait_steps), "lookup_memo": len(self._memo)}
 
+    def wait_steps(self, request_id: str) -> int:
+        """Steps ``request_id`` has been passed over while waiting (0 if not waiting)."""
+        return self._wait_steps.get(request_id, 0)
+
     def lookup(self, request: Any) -> tuple[int, RadixNode]:
         """Cached prefix of a waiting request (blocks, the node ending it), memoised for
         the current step."""

@@ -189,6 +189,7 @@ class SessionPolicy(EvictionPolicy):
         self.shadow_blocks = shadow_blocks
         self.switches = 0
         """Switches between LRU and the learned ranking (kept across resets, for /metrics)."""
+        self._shadow_limit = UNBOUNDED
         self.on_reset()
 
     # --- what the engine or simulator reports ---------------------------------------------
@@ -502,16 +503,35 @@ class SessionPolicy(EvictionPolicy):
         if LAST_HIT_KEY in lower.metadata:
             upper.metadata.setdefault(LAST_HIT_KEY, lower.metadata[LAST_HIT_KEY])
 
+    def limit_shadows(self, blocks: int) -> None:
+        """The cache never holds more than ``blocks``: neither do the shadows, before its
+        first eviction sizes them exactly (they also see prompts never computed, aborted
+        before their prefill, and pages the cache dropped without evicting them)."""
+        self._shadow_limit = blocks
+        if not self._shadows_fitted:
+            self._resize_shadows(blocks)
+
+    def _resize_shadows(self, cache_blocks: int) -> None:
+        """Size the shadows for a cache of ``cache_blocks``: like it, or past
+        ``shadow_blocks`` a sample of its sessions in ``shadow_blocks`` (SHARDS)."""
+        if self._shadow_own is None:
+            return
+        self._cache_blocks = cache_blocks
+        if cache_blocks >= UNBOUNDED:
+            self._sample_rate, capacity = 1.0, UNBOUNDED
+        else:
+            self._sample_rate = min(1.0, self.shadow_blocks / max(1, cache_blocks))
+            capacity = min(cache_blocks, self.shadow_blocks)
+        self._shadow_lru.resize(capacity)
+        self._shadow_own.resize(capacity)
+
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         shadow = self._shadow_own
         if self.tree is not None and shadow is not None:  # full: size the shadows like it
             cached = self.tree.stats().cached_blocks
-            if cached > self._cache_blocks or shadow.capacity == UNBOUNDED:
-                self._cache_blocks = cached
-                self._sample_rate = min(1.0, self.shadow_blocks / cached)
-                capacity = min(cached, self.shadow_blocks)
-                self._shadow_lru.resize(capacity)
-                shadow.resize(capacity)
+            if cached > self._cache_blocks or not self._shadows_fitted:
+                self._shadows_fitted = True
+                self._resize_shadows(cached)
 
     def on_reset(self) -> None:
         self.requests = 0
@@ -533,10 +553,12 @@ class SessionPolicy(EvictionPolicy):
         self._shadow_lru = ShadowLRU()
         self._learner = self._learner_copy() if self.guard else None
         self._shadow_own = ShadowTree(self._learner) if self._learner is not None else None
+        self._shadows_fitted = False
+        self._sample_rate = 1.0  # share of sessions the shadows serve
+        self._cache_blocks = UNBOUNDED  # the cache size the shadows were last sized for
+        self.limit_shadows(self._shadow_limit)
         self._lead = self._lead_var = 0.0
         self._since_rekey = 0
-        self._sample_rate = 1.0  # share of sessions the shadows serve
-        self._cache_blocks = 0  # the real cache's size, as the shadows were last sized
 
 
 def _bucket(age: int) -> int:

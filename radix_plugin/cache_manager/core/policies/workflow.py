@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from radix_plugin.cache_manager.core.radix_tree import RadixNode, RadixTree
 
 AGENTS_KEY = "agents"
+MAX_NODE_AGENTS = 64
+"""Agents a node remembers: a hot shared prefix (a system prompt nothing evicts) would
+otherwise collect every agent name clients ever sent, and each re-key takes a minimum over
+them. Past it, the agent due latest is forgotten: the node's distance, the minimum, stays."""
 
 
 class WorkflowPolicy(EvictionPolicy):
@@ -75,10 +79,14 @@ class WorkflowPolicy(EvictionPolicy):
 
 def tag_agent(tree: RadixTree, node: RadixNode, agent: Hashable) -> None:
     """Record that ``agent``'s prompt passes through the prefix ending at ``node`` (O(D))."""
+    policy = tree.policy
+    steps_of = policy.steps_of if isinstance(policy, WorkflowPolicy) else lambda a: 0
     for n in node.path_to_root():
         agents = n.metadata.setdefault(AGENTS_KEY, set())
         if agent not in agents:
             agents.add(agent)
+            if len(agents) > MAX_NODE_AGENTS:
+                agents.discard(max(agents, key=lambda a: (steps_of(a), str(a))))
             tree.refresh(n)
 
 
