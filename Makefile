@@ -40,7 +40,8 @@ test: setup
 bench: setup
 	$(PY) -m pytest -q benchmarks/micro --benchmark-only
 
-# Not in `make test`: about 7 minutes of mixed load on the full plugin server (SOAK_S to change).
+# Not in `make test`: mixed load on the full plugin server and vanilla vLLM side by side, each
+# on its own core, with RSS slopes (SOAK_S seconds of load, plus ~2 minutes of start-up).
 SOAK_S ?= 300
 soak: setup
 	$(PY) benchmarks/soak.py --duration $(SOAK_S)
