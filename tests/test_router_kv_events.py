@@ -129,6 +129,12 @@ def _send(router_url: str, prompt: list[int]) -> None:
     urllib.request.urlopen(req, timeout=30).read()
 
 
+def _settle() -> None:
+    """Give the router's event reader time to apply what the replicas published (it reads
+    their ZMQ streams on its own thread; 0.5 s was once too short on a loaded 2-core box)."""
+    time.sleep(2.0)
+
+
 def _landed(replicas: list[_Replica], prompt: list[int]) -> list[int]:
     return [i for i, r in enumerate(replicas) if prompt in r.prompts]
 
@@ -141,7 +147,7 @@ def test_stores_attract_and_removals_release_prefixes(replicas: list[_Replica]) 
         (a, a_hashes), (b, b_hashes) = _prefix(1), _prefix(2)
         replicas[0].store(a, a_hashes)
         replicas[1].store(b, b_hashes)
-        time.sleep(0.5)
+        _settle()
         for turn in range(3):
             _send(router.url, [*a, turn])
             _send(router.url, [*b, turn])
@@ -151,7 +157,7 @@ def test_stores_attract_and_removals_release_prefixes(replicas: list[_Replica]) 
         # A moves: evicted on replica 0, computed on replica 1.
         replicas[0].remove(a_hashes)
         replicas[1].store(a, a_hashes)
-        time.sleep(0.5)
+        _settle()
         _send(router.url, [*a, 9])
         assert _landed(replicas, [*a, 9]) == [1]
 
@@ -168,7 +174,7 @@ def test_a_named_topic_is_silently_dropped(replicas: list[_Replica]) -> None:
     ) as router:
         a, a_hashes = _prefix(1)
         replicas[1].store(a, a_hashes)
-        time.sleep(0.5)
+        _settle()
         _send(router.url, [*a, 0])
         text = scrape(router.metrics_url)
         assert metric(text, "vllm_router_kv_placement_lookups_total", result="hit") == 0
