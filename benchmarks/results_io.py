@@ -35,14 +35,15 @@ def resolve_dtype(value: str) -> str:
     return native_dtype() if value == "native" else value
 
 
-def run_in_child(script: str, side: str, argv: list[str]) -> Any:
+def run_in_child(script: str, side: str, argv: list[str], *, watchdog: bool = True) -> Any:
     """Run ``script`` with the parent's arguments plus ``--child SIDE``; the child prints its
     JSON as its last line and writes nothing. One process per side: engines built in one
     process are not equal (the one built second ran ~8% slower per step for the same
-    positions on a 2-core EPYC). The plugin's watchdog is on in the child: a stuck request
-    fails the side with the scheduler's view of it instead of running forever."""
+    positions on a 2-core EPYC). By default the plugin's watchdog is on in the child: a stuck
+    request fails the side with the scheduler's view of it instead of running forever; a
+    benchmark that times the plugin as users run it (watchdog off) passes ``watchdog=False``."""
     cmd = [sys.executable, script, *argv, "--child", side]
-    env = watched_env()
+    env = watched_env() if watchdog else unwatched_env()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
@@ -55,6 +56,13 @@ def watched_env() -> dict[str, str]:
     from radix_plugin.config import WATCHDOG_ENV
 
     return dict(os.environ, **{WATCHDOG_ENV: "1"})
+
+
+def unwatched_env() -> dict[str, str]:
+    """This process's environment without ``RADIX_PLUGIN_WATCHDOG`` (the plugin's default)."""
+    from radix_plugin.config import WATCHDOG_ENV
+
+    return {k: v for k, v in os.environ.items() if k != WATCHDOG_ENV}
 
 
 DTYPE_HELP = "native (bf16 where the CPU has it, else float32), auto (the model's), or a dtype"

@@ -47,7 +47,9 @@ Workloads (``--workloads``):
 Configurations (``--configs``): ``vanilla`` (vLLM's scheduler), ``EVICTION/ORDERING`` for the
 plugin (e.g. ``lru/lpm``, ``session/lpm``, ``lru/dfs``), and ``lru/lpm+jf``: the plugin with
 jump-forward drafts (the no-op-proposer speculative config the plugin installs by default on
-CPU). Jump-forward configurations only run on the ``structured`` workload.
+CPU). Jump-forward configurations only run on the ``structured`` workload. The plugin runs
+as users get it by default, so its opt-in step watchdog is off; ``+wd`` (e.g. ``lru/lpm+wd``)
+turns it on to show its cost.
 
 Reported per configuration: step time (``schedule`` + ``update_from_output``) median, p99
 and max over the measured steps, ``add_request`` time per request, memory per cached block
@@ -224,16 +226,31 @@ def make_stream(workload: str, seed: int, vocab: int, concurrency: int) -> Strea
 
 
 def parse_config(name: str) -> tuple[dict[str, Any] | None, bool]:
-    """``vanilla`` -> (None, False); ``lru/lpm+jf`` -> ({eviction, schedule}, True)."""
+    """``vanilla`` -> (None, False); ``lru/lpm+jf+wd`` -> ({eviction, schedule, ...}, True).
+
+    Flags: ``+jf`` jump-forward drafts, ``+wd`` the (opt-in) step watchdog; without ``+wd``
+    the plugin runs as users get it by default."""
     if name == "vanilla":
         return None, False
-    base, _, flag = name.partition("+")
+    base, *flags = name.split("+")
     eviction, _, schedule = base.partition("/")
-    if flag not in ("", "jf") or not eviction:
-        raise SystemExit(f"bad config {name!r}: vanilla, EVICTION/ORDERING or EVICTION/ORDERING+jf")
-    return {"eviction": eviction, "schedule": schedule or "lpm", "jump_forward": flag == "jf"}, (
-        flag == "jf"
-    )
+    if not eviction or any(f not in ("jf", "wd") for f in flags):
+        raise SystemExit(
+            f"bad config {name!r}: vanilla, EVICTION/ORDERING, optionally +jf and/or +wd"
+        )
+    jump_forward = "jf" in flags
+    radix = {
+        "eviction": eviction,
+        "schedule": schedule or "lpm",
+        "jump_forward": jump_forward,
+        "watchdog": "wd" in flags,
+    }
+    return radix, jump_forward
+
+
+def watchdog_on(config: str) -> bool:
+    radix, _ = parse_config(config)
+    return bool(radix and radix["watchdog"])
 
 
 def make_scheduler(config: str, blocks: int, running: int) -> Any:
@@ -852,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     for workload, config, blocks, running in cases(args):
         t0 = time.perf_counter()
         side = child_side(workload, config, blocks, running)
-        r = run_in_child(__file__, side, argv)
+        r = run_in_child(__file__, side, argv, watchdog=watchdog_on(config))
         key = (workload, config, blocks, running)
         results = [x for x in results if case_key(x) != key] + [r]
         print(

@@ -27,6 +27,7 @@ TINY = {"blocks": 1500, "running": 8, "waiting": 4, "steps": 6}
         ("chat", "session/lpm"),
         ("workflow", "workflow/lpm"),
         ("structured", "lru/lpm+jf"),
+        ("structured", "lru/lpm+jf+wd"),
     ],
 )
 def test_tiny_run_drains_clean(workload: str, config: str) -> None:
@@ -41,6 +42,17 @@ def test_tiny_run_drains_clean(workload: str, config: str) -> None:
     if workload == "structured":
         assert r["draft_tokens_scheduled"] > 0  # jump-forward offered drafts
         assert r["stopped_share"] > 0  # some objects closed before the token budget
+
+
+def test_configs_run_the_plugin_as_users_get_it_unless_wd_asks_for_the_watchdog() -> None:
+    radix, jump_forward = scheduler_scale.parse_config("lru/lpm")
+    assert radix is not None and not radix["watchdog"] and not jump_forward
+    assert not scheduler_scale.watchdog_on("vanilla")
+    assert scheduler_scale.watchdog_on("session/dfs+wd")
+    radix, jump_forward = scheduler_scale.parse_config("lru/lpm+jf+wd")
+    assert radix is not None and radix["watchdog"] and jump_forward
+    with pytest.raises(SystemExit, match="bad config"):
+        scheduler_scale.parse_config("lru/lpm+fast")
 
 
 def test_cli_writes_results(tmp_path: Path) -> None:

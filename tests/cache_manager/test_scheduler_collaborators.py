@@ -3,6 +3,7 @@ vLLM's real ``KVCacheManager`` and real ``Request`` objects, without a scheduler
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -87,6 +88,28 @@ def test_wait_counts_are_kept_only_for_requests_still_waiting() -> None:
     waiting.remove_requests(requests[45:])
     ordering.reorder(waiting, [], 8192)
     assert len(ordering) == 0
+
+
+def test_remembered_lookups_follow_the_tree_across_steps() -> None:
+    """A waiting request's lookup is remembered across steps and only re-checked; after
+    every step of random caching, eviction and a reset it equals a fresh search."""
+    rng = random.Random(7)
+    manager = make_manager(24)
+    pool = pool_of(manager)
+    ordering = order(pool, in_batch_sharing=False)
+    prompts = [[p * 100 + t for t in range(4 * BS + 1)] for p in range(6)]
+    waiting_requests = [request([*prompt, 99]) for prompt in prompts]
+    waiting = queue_of(*waiting_requests)
+    for step in range(60):
+        ordering.reorder(waiting, [], 8192)
+        for r in waiting_requests:
+            assert ordering.lookup(r) == pool.cached_prefix_node(r.block_hashes), step
+        if step == 40:
+            assert pool.reset_prefix_cache()
+            continue
+        prompt = rng.choice(prompts)
+        cache_prompt(manager, prompt[: rng.randint(BS, len(prompt))])  # extends or evicts
+    assert len(ordering.state_sizes()) and ordering.state_sizes()["lookup_memo"] == 6
 
 
 # --- PinManager -------------------------------------------------------------------------

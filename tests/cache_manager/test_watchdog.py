@@ -108,3 +108,23 @@ def test_entries_are_dropped_when_requests_are_freed() -> None:
     for r in [*rs, held]:
         dog.forget(r.request_id)
     assert len(dog) == 0
+
+
+def test_only_requests_the_step_gave_no_token_are_candidates_for_a_lost_sample() -> None:
+    """The always-on repair looks only at scheduled requests with an empty (or missing)
+    sampled row, or at every scheduled request when the step sampled nothing at all."""
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    from radix_plugin.cache_manager.engine_core.watchdog import without_sample
+
+    scheduled = {"a": 1, "b": 1, "c": 4, "gone": 1}
+    out = ModelRunnerOutput(
+        req_ids=["a", "b", "c"],
+        req_id_to_index={"a": 0, "b": 1, "c": 2},
+        sampled_token_ids=[[5], [], [7, 8]],
+    )
+    assert sorted(without_sample(scheduled, out)) == ["b", "gone"]
+    out.sampled_token_ids = [[5], [6], [7]]
+    assert without_sample(scheduled, out) == ["gone"]
+    out.sampled_token_ids = []
+    assert sorted(without_sample(scheduled, out)) == ["a", "b", "c", "gone"]

@@ -31,6 +31,9 @@ the page *and its whole prefix* (vLLM's chained block hash), which is cheaper to
 _NO_CHILDREN: Mapping[Page, RadixNode] = MappingProxyType({})
 
 
+_UNREAD = object()
+_EMPTY = object()
+
 LARGE_TREE_LEAVES = 2048
 """Evictable leaves beyond which re-keying all of them at once costs a visible step
 (milliseconds in Python): heap compaction then keeps keys, and time-drifting policies
@@ -268,6 +271,7 @@ class RadixTree:
         # Hooks a policy does not override are not called (every block passes through them).
         self._on_hit = None if _inherits(policy, "on_hit") else policy.on_hit
         self._on_insert = None if _inherits(policy, "on_insert") else policy.on_insert
+        self._on_evict = None if _inherits(policy, "on_evict") else policy.on_evict
         self.reset_state()
         policy.attach(self)
 
@@ -366,9 +370,8 @@ class RadixTree:
             hit += len(n.blocks)
             if on_hit is not None:
                 on_hit(n)
-            if n.lock_count or n.pin_count:
-                self._forget_leaf(n)  # held by its user: not evictable, nothing to re-key
-            else:
+            # A held node is never in the heap (protection takes it out): nothing to re-key.
+            if not n.lock_count and not n.pin_count:
                 self._rekey(n)
             n = n.parent
         self._lookups += 1
@@ -461,11 +464,56 @@ class RadixTree:
             node = child
             i += 1
         already = i
-        while i < n:
-            node = self._new_leaf(node, [pages[i]], [blocks[i]], now, priority, origin, held=hold)
-            nodes.append(node)
-            i += 1
+        if i < n:
+            if hold and self._on_insert is None:
+                nodes.extend(
+                    self._new_held_chain(node, pages[i:n], blocks[i:n], now, priority, origin)
+                )
+            else:
+                while i < n:
+                    node = self._new_leaf(
+                        node, [pages[i]], [blocks[i]], now, priority, origin, held=hold
+                    )
+                    nodes.append(node)
+                    i += 1
         return already, nodes
+
+    def _new_held_chain(
+        self,
+        parent: RadixNode,
+        pages: Sequence[Page],
+        blocks: Sequence[int],
+        now: int,
+        priority: int,
+        origin: str,
+    ) -> list[RadixNode]:
+        """:meth:`_new_leaf` ``held=True`` for a chain of one-block nodes below ``parent``,
+        in one pass (the vLLM glue caches a request's new full blocks this way)."""
+        if parent._kids is None:
+            self._forget_leaf(parent)
+        namespace = parent.namespace
+        chain: list[RadixNode] = []
+        for page, block in zip(pages, blocks, strict=True):
+            node = RadixNode(
+                [page],
+                [block],
+                parent,
+                namespace,
+                last_access=now,
+                created_at=now,
+                priority=priority,
+                origin=origin,
+                lock_count=1,
+            )
+            parent._add_child(node)
+            chain.append(node)
+            parent = node
+        size = len(chain)
+        self._num_nodes += size
+        self._cached_blocks += size
+        self._inserted_blocks += size
+        self._protected_blocks += size
+        return chain
 
     def _new_leaf(
         self,
@@ -672,6 +720,8 @@ class RadixTree:
             self._rebuild_heap()
         policy = self.policy
         per_block = policy.rank_per_block
+        on_evict = self._on_evict
+        key_of = policy.key
         leaves = self._evictable_leaves
         freed: list[int] = []
         # self._heap, not a local: a push below may compact it into a new list.
@@ -679,45 +729,62 @@ class RadixTree:
             _, _, version, node = heapq.heappop(self._heap)
             if version != node.heap_version or node not in leaves:
                 continue
+            # The heap is not touched while a chain is walked, so its top is read once.
+            top: Any = _UNREAD
             while True:
-                take = 1 if per_block else min(num_blocks - len(freed), len(node.blocks))
                 size = len(node.blocks)
-                policy.on_evict(node, take)
-                if take == size:
-                    freed.extend(reversed(node.blocks))
-                    self._cached_blocks -= take
-                    self._evicted_blocks += take
-                    parent = self._unlink_leaf(node)
-                    if parent is None:
-                        break
-                    key = policy.key(parent)
-                    if len(freed) < num_blocks and self._beats_heap_top(key):
-                        node = parent  # the next victim: no push and pop
-                        continue
-                    self._push(parent, key)
-                    break
-                victims = node.blocks[size - take :]
-                freed.extend(reversed(victims))
+                take = 1 if per_block else min(num_blocks - len(freed), size)
+                if on_evict is not None:
+                    on_evict(node, take)
                 self._cached_blocks -= take
                 self._evicted_blocks += take
-                del node.blocks[-take:]
-                del node.pages[-take:]
-                self._rekey(node)
+                if take < size:
+                    victims = node.blocks[size - take :]
+                    freed.extend(reversed(victims))
+                    del node.blocks[-take:]
+                    del node.pages[-take:]
+                    self._rekey(node)
+                    break
+                freed.extend(reversed(node.blocks))
+                # Unlink the evicted leaf (it was popped: it leaves the leaf set).
+                if node in leaves:
+                    leaves.remove(node)
+                    node.heap_version += 1
+                parent = node.parent
+                assert parent is not None
+                parent._remove_child(node)
+                self._num_nodes -= 1
+                node.parent = None
+                if (
+                    parent.parent is None
+                    or parent._kids is not None
+                    or parent.lock_count
+                    or parent.pin_count
+                ):
+                    break
+                key = key_of(parent)
+                if len(freed) < num_blocks:
+                    if top is _UNREAD:
+                        top = self._live_top_key()
+                    if top is _EMPTY or key < top:
+                        node = parent  # the next victim: no push and pop
+                        continue
+                self._push(parent, key)
                 break
         self._maybe_compact_heap()
         return freed
 
-    def _beats_heap_top(self, key: Any) -> bool:
-        """Whether ``key`` would be popped before every live entry of the heap (stale tops
-        are dropped on the way)."""
+    def _live_top_key(self) -> Any:
+        """The key of the heap's first live entry (stale tops are dropped on the way), or
+        ``_EMPTY``."""
         heap = self._heap
         leaves = self._evictable_leaves
         while heap:
             top_key, _, version, node = heap[0]
             if version == node.heap_version and node in leaves:
-                return key < top_key
+                return top_key
             heapq.heappop(heap)
-        return True
+        return _EMPTY
 
     def next_victim(self) -> RadixNode | None:
         """The leaf :meth:`evict` would trim next, without evicting it (amortised O(log L))."""
@@ -755,6 +822,10 @@ class RadixTree:
             node = pending.pop()
             if node in leaves:
                 self._push(node)
+
+    def cached_blocks(self) -> int:
+        """Blocks the tree holds (O(1))."""
+        return self._cached_blocks
 
     def evictable_blocks(self) -> int:
         """Blocks that :meth:`evict` could free right now (O(1))."""
@@ -890,24 +961,6 @@ class RadixTree:
         if node in leaves:
             leaves.remove(node)
             node.heap_version += 1
-
-    def _unlink_leaf(self, node: RadixNode) -> RadixNode | None:
-        """Take the evicted leaf ``node`` out of the tree; returns its parent if that became
-        an evictable leaf (the caller enters it in the heap), else ``None``."""
-        parent = node.parent
-        assert parent is not None
-        self._forget_leaf(node)
-        parent._remove_child(node)
-        self._num_nodes -= 1
-        node.parent = None
-        if (
-            parent.parent is None
-            or parent._kids is not None
-            or parent.lock_count
-            or parent.pin_count
-        ):
-            return None
-        return parent
 
     def _rebuild_heap(self) -> None:
         self._policy_version = self.policy.version

@@ -81,6 +81,7 @@ class RadixFreeQueue:
 
     def __init__(self, pool: RadixBlockPool, free_blocks: Sequence[KVCacheBlock]) -> None:
         self._pool = pool
+        self._tree = pool.tree
         # Insertion-ordered dicts: the empty tier is a stack (popitem takes the last one in),
         # the hashed tier a queue (its first key is the oldest release).
         self._plain: dict[int, KVCacheBlock] = {b.block_id: b for b in reversed(free_blocks)}
@@ -92,7 +93,7 @@ class RadixFreeQueue:
 
         Derived rather than counted, so pins, aliases and invalidations can never make it
         drift from what ``popleft_n`` can actually hand out."""
-        return len(self._plain) + len(self._hashed) + self._pool.tree.evictable_blocks()
+        return len(self._plain) + len(self._hashed) + self._tree.evictable_blocks()
 
     # The FreeKVCacheBlockQueue interface ------------------------------------------------
 
@@ -128,8 +129,9 @@ class RadixFreeQueue:
         self.append_n([block])
 
     def append_n(self, blocks: Iterable[KVCacheBlock]) -> None:
+        released = self._pool.on_block_released
         for block in blocks:
-            if not self._pool.on_block_released(block):
+            if not released(block):
                 self._park(block)
 
     def _park(self, block: KVCacheBlock) -> None:
@@ -250,6 +252,22 @@ class RadixBlockPool(BlockPoolSeam):
         (O(log P) lookups)."""
         return self._longest(block_hashes, len(block_hashes), group_id)
 
+    def still_cached_prefix(
+        self, block_hashes: Sequence[Any], n: int, node: RadixNode, group_id: int = 0
+    ) -> bool:
+        """Whether :meth:`cached_prefix_node` would still answer ``(n, node)``: block
+        ``n - 1`` is still indexed as ``node`` and block ``n`` is still not cached (two
+        probes; chained hashes make that the whole answer, as in :meth:`_longest`)."""
+        index = self._node_by_key
+        if n:
+            if index.get(make_block_hash_with_group_id(block_hashes[n - 1], group_id)) is not node:
+                return False
+        elif node is not self.tree.root():
+            return False  # a reset made new roots
+        return n >= len(block_hashes) or (
+            make_block_hash_with_group_id(block_hashes[n], group_id) not in index
+        )
+
     def _longest(
         self, block_hashes: Sequence[Any], max_blocks: int, group_id: int
     ) -> tuple[int, RadixNode]:
@@ -296,8 +314,11 @@ class RadixBlockPool(BlockPoolSeam):
         )
         if num_cached_blocks >= num_full_blocks or not self.enable_caching:
             return
-        if block_mask is not None or any(b.is_null for b in blocks[:num_full_blocks]):
-            return  # sliding-window style sparse prefixes are not radix paths
+        new_blocks = blocks[num_cached_blocks:num_full_blocks]
+        # Sliding-window style sparse prefixes (null blocks stand for those left behind, at
+        # the front) are not radix paths; a full-attention prefix has none.
+        if block_mask is not None or blocks[0].is_null or any(b.is_null for b in new_blocks):
+            return
         if block_size != self.hash_block_size:
             return  # hybrid block sizes: vLLM's own hash map still serves them
         parent = self.tree.root()
@@ -305,7 +326,6 @@ class RadixBlockPool(BlockPoolSeam):
             parent = self.node_of_block(blocks[num_cached_blocks - 1].block_id)
             if parent is None:
                 return  # the prefix left the index (invalidated); its continuation cannot match
-        new_blocks = blocks[num_cached_blocks:num_full_blocks]
         # vLLM just set each block's hash with group id: the tree's page key, shared.
         pages = [b.block_hash for b in new_blocks]
         ids = [b.block_id for b in new_blocks]
@@ -363,10 +383,11 @@ class RadixBlockPool(BlockPoolSeam):
     def on_block_released(self, block: KVCacheBlock) -> bool:
         """A block's last user left; True if the tree keeps it (cached), False if it goes to
         the uncached tier."""
-        alias = self._alias_of.pop(block.block_id, None)
-        if alias is not None:
-            self.tree.release(alias)
-            return False
+        if self._alias_of:
+            alias = self._alias_of.pop(block.block_id, None)
+            if alias is not None:
+                self.tree.release(alias)
+                return False
         node = self._node_of[block.block_id]
         if node is None:
             return False
@@ -395,8 +416,10 @@ class RadixBlockPool(BlockPoolSeam):
             evicted.append(blocks[block_id])
         for listener in self._eviction_listeners:
             listener(evicted)
-        for block_id in ids:
-            self._stored.pop(block_id, None)
+        stored = self._stored
+        if stored:  # only with KV events on
+            for block_id in ids:
+                stored.pop(block_id, None)
         return evicted
 
     def add_eviction_listener(self, listener: Callable[[list[KVCacheBlock]], None]) -> None:

@@ -38,7 +38,11 @@ from radix_plugin.cache_manager.engine_core.host_tier import HostTierScheduler
 from radix_plugin.cache_manager.engine_core.pins import PinManager
 from radix_plugin.cache_manager.engine_core.plugin_samples import PluginSamples
 from radix_plugin.cache_manager.engine_core.waiting_order import WaitingQueueOrder
-from radix_plugin.cache_manager.engine_core.watchdog import StepWatchdog, repair_lost_samples
+from radix_plugin.cache_manager.engine_core.watchdog import (
+    StepWatchdog,
+    repair_lost_samples,
+    without_sample,
+)
 from radix_plugin.compat import (
     SchedulerSeam,
     check_vllm_seams,
@@ -210,7 +214,8 @@ class RadixSchedulerMixin(SchedulerSeam):
         if self.radix_watchdog is not None:
             self.radix_watchdog.after_step(scheduler_output, requests, self._vllm().running)
         if not isinstance(self, AsyncScheduler):
-            repair_lost_samples(scheduler_output.num_scheduled_tokens, requests)
+            scheduled = scheduler_output.num_scheduled_tokens
+            repair_lost_samples(without_sample(scheduled, model_runner_output), requests)
         self.radix_drafter.observe(before, requests)
         if self.radix_pins is not None:
             self.radix_pins.after_step(scheduler_output.num_scheduled_tokens, requests)

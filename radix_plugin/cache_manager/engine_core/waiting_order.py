@@ -41,7 +41,9 @@ class WaitingQueueOrder:
         self.max_wait_steps = max_wait_steps
         self._in_batch_sharing = in_batch_sharing
         self._wait_steps: dict[str, int] = {}  # waiting request id -> steps passed over
-        self._memo: dict[str, tuple[int, RadixNode]] = {}  # this step's lookups
+        # Waiting request id -> (cached blocks, node ending them, step last checked).
+        self._memo: dict[str, tuple[int, RadixNode, int]] = {}
+        self._step = 0
         # Cumulative counts for /metrics.
         self.held_back_total = 0
         self.reorders_total = 0
@@ -60,24 +62,37 @@ class WaitingQueueOrder:
         return self._wait_steps.get(request_id, 0)
 
     def lookup(self, request: Any) -> tuple[int, RadixNode]:
-        """Cached prefix of a waiting request (blocks, the node ending it), memoised for
-        the current step."""
+        """Cached prefix of a waiting request (blocks, the node ending it).
+
+        Remembered across steps while the request waits: a later step only checks that the
+        prefix is still exactly that long (two index probes, :meth:`RadixBlockPool.
+        still_cached_prefix`) instead of searching again."""
         key = request.request_id
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = self._pool.cached_prefix_node(request.block_hashes)
-        return hit
+        memo = self._memo.get(key)
+        if memo is not None:
+            n, node, step = memo
+            if step == self._step:
+                return n, node
+            if self._pool.still_cached_prefix(request.block_hashes, n, node):
+                self._memo[key] = (n, node, self._step)
+                return n, node
+        n, node = self._pool.cached_prefix_node(request.block_hashes)
+        self._memo[key] = (n, node, self._step)
+        return n, node
 
     def reorder(self, waiting: Any, running: Sequence[Any], token_budget: int) -> list[Any]:
         """Reorder ``waiting`` in place; returns the requests held back for this step
         (the caller puts them back at the head after ``schedule()``)."""
-        self._memo = {}  # also when nothing waits: old lookups hold finished requests' nodes
+        self._step += 1
         if not isinstance(waiting, FCFSRequestQueue) or not waiting:
+            self._memo = {}  # nothing waits: old lookups would keep finished requests' nodes
             self._wait_steps.clear()
             return []
         current = list(waiting)
         old = self._wait_steps
         steps = self._wait_steps = {r.request_id: old.get(r.request_id, -1) + 1 for r in current}
+        memo = self._memo
+        self._memo = {rid: memo[rid] for rid in steps if rid in memo}  # only waiting requests
         limit = self.max_wait_steps
         # Overdue requests go first in arrival order (the queue itself is already reordered).
         overdue = sorted(
@@ -111,10 +126,9 @@ class WaitingQueueOrder:
         cached, bounded by ``max_wait_steps``.
         """
         in_progress: set[Any] = set()
-        for r in running:
-            if r.num_computed_tokens < r.num_prompt_tokens:
-                done = r.num_computed_tokens // self._block_size
-                in_progress.update(r.block_hashes[done:])
+        block_size = self._block_size
+        for r in [r for r in running if r.num_computed_tokens < r.num_prompt_tokens]:
+            in_progress.update(r.block_hashes[r.num_computed_tokens // block_size :])
         overdue_ids = {id(r) for r in overdue}
         keep, held = [], []
         window, tail = ordered[:HOLD_BACK_WINDOW], ordered[HOLD_BACK_WINDOW:]

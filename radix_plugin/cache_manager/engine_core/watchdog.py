@@ -77,9 +77,25 @@ def recompute_last_token(request: Any) -> None:
     request.spec_token_ids = []
 
 
+def without_sample(scheduled: Mapping[str, int], model_runner_output: Any) -> list[str]:
+    """The scheduled requests the step returned no token for: the only ones a step can
+    leave with nothing to compute (a request that got a token has that token to compute
+    next, or finished). Decode steps give every row a token, so this is usually empty and
+    costs one pass over the rows, not a look at every request."""
+    index = model_runner_output.req_id_to_index
+    rows = model_runner_output.sampled_token_ids
+    if not rows:
+        return list(scheduled)
+    missing = list(scheduled.keys() - index.keys())
+    if all(len(row) for row in rows):
+        return missing
+    return missing + [rid for rid in scheduled if rid in index and not len(rows[index[rid]])]
+
+
 def repair_lost_samples(scheduled: Iterable[str], requests: Mapping[str, Any]) -> list[str]:
-    """Repair every scheduled request left with nothing to compute (sync scheduling);
-    returns their ids. One warning each, with the state before the repair."""
+    """Repair every request of ``scheduled`` (see :func:`without_sample`) left with nothing
+    to compute (sync scheduling); returns their ids. One warning each, with the state
+    before the repair."""
     repaired = []
     for rid in scheduled:
         request = requests.get(rid)

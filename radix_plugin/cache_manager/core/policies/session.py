@@ -528,7 +528,7 @@ class SessionPolicy(EvictionPolicy):
     def on_evict(self, node: RadixNode, num_blocks: int) -> None:
         shadow = self._shadow_own
         if self.tree is not None and shadow is not None:  # full: size the shadows like it
-            cached = self.tree.stats().cached_blocks
+            cached = self.tree.cached_blocks()
             if cached > self._cache_blocks or not self._shadows_fitted:
                 self._shadows_fitted = True
                 self._resize_shadows(cached)
