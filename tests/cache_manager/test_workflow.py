@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from radix_plugin.cache_manager.core.policies.workflow import WorkflowPolicy, tag_agent
 from radix_plugin.cache_manager.core.radix_tree import RadixTree
@@ -72,6 +74,37 @@ def test_tracker_takes_the_minimum_over_workflows_and_forgets_the_stalest() -> N
     assert t.agent_steps() == {"a": 3, "b": 0}
     t.update("w3", {"c": 0})  # over capacity: the stalest (w1) is forgotten
     assert t.agent_steps() == {"a": 4, "c": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["w1", "w2", "w3", "w4", "w5"]),
+            st.dictionaries(st.sampled_from("abcdef"), st.integers(0, 6), max_size=4),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 4),
+)
+def test_tracker_merge_equals_the_minimum_over_the_maps_it_keeps(
+    updates: list[tuple[str, dict[str, int]]], capacity: int
+) -> None:
+    """The merge is kept incrementally; it always equals the plain minimum over the
+    ``capacity`` most recently updated workflows' latest maps."""
+    t = WorkflowTracker(max_workflows=capacity)
+    latest: dict[str, dict[str, int]] = {}
+    for workflow, steps in updates:
+        t.update(workflow, steps)
+        latest.pop(workflow, None)
+        latest[workflow] = steps
+        kept = list(latest.values())[-capacity:]
+        expected: dict[str, int] = {}
+        for m in kept:
+            for agent, s in m.items():
+                expected[agent] = min(s, expected.get(agent, s))
+        assert t.agent_steps() == expected
+        assert len(t) == len(kept)
 
 
 def test_workflow_policy_evicts_the_agent_needed_last_not_first() -> None:
