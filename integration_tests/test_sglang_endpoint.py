@@ -350,6 +350,44 @@ def test_prompt_logprob_rows_do_not_depend_on_the_start(server: str) -> None:
         assert got[0] == pytest.approx(want[0], abs=0.1)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"sampling_params": {"max_new_tokens": 12, "temperature": 0}},
+        {
+            "sampling_params": {
+                "max_new_tokens": 24,
+                "temperature": 0,
+                "regex": r"\{\"n\": [0-9]+\}",
+            }
+        },
+        {
+            "sampling_params": {"max_new_tokens": 5, "temperature": 0},
+            "return_logprob": True,
+            "logprob_start_len": 3,
+            "top_logprobs_num": 2,
+            "return_text_in_logprobs": True,
+        },
+    ],
+)
+def test_non_streaming_answer_is_the_streams_last_event(server: str, extra: dict) -> None:
+    """Non-streaming requests ask vLLM for the final output only: the answer must be what
+    the (cumulative) stream ends with, field for field, latency and cache hits aside (the
+    second request finds the first one's prompt cached)."""
+    body = {"text": FEW_SHOT + "Q: What is the capital of Italy?\nA:", **extra}
+    whole = _generate(server, body)
+    with requests.post(
+        server + "/generate", json={**body, "stream": True}, stream=True, timeout=120
+    ) as r:
+        events = [json.loads(ln[5:]) for ln in r.iter_lines() if ln and ln != b"data: [DONE]"]
+    last = events[-1]
+    for answer in (whole, last):
+        answer["meta_info"].pop("e2e_latency")
+        answer["meta_info"].pop("cached_tokens")
+    assert whole == last
+    assert whole["meta_info"]["completion_tokens"] == len(whole["output_ids"]) > 0
+
+
 def test_batched_input_ids_and_n(server: str, tokenizer: AutoTokenizer) -> None:
     ids = tokenizer("Hello, my name is")["input_ids"]
     out = _generate(

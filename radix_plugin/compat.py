@@ -1400,6 +1400,13 @@ SEAMS: tuple[Seam, ...] = (
         _API,
     ),
     Seam(
+        "api.output_kind",
+        "non-streaming /generate asks for the final output only, as vLLM's completions do",
+        "vllm.sampling_params:RequestOutputKind",
+        HasAttributes(("CUMULATIVE", "FINAL_ONLY")),
+        _API,
+    ),
+    Seam(
         "api.endpoint_plugin",
         "the radix_sglang endpoint plugin protocol",
         "vllm.plugins.endpoint_plugins.interface:EndpointPlugin",

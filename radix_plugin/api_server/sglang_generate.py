@@ -85,7 +85,7 @@ class SglGenerator:
             if item.input_ids is not None and max(ids) >= self.vocab_size:
                 raise SglRequestError("input_ids", f"token ids must be below {self.vocab_size}")
             prefix = f"sampling_params[{i}]" if request.batched else "sampling_params"
-            plan = plan_item(item, len(ids), self.limits, prefix)
+            plan = plan_item(item, len(ids), self.limits, prefix, final_only=not request.stream)
             max_new = plan.params.max_tokens if not plan.prefill_only else 0
             state = ItemState(item, ids, plan.prefill_only, max_new or 0)
             out.append(Prepared(state, plan, ids, grammar_field(item, prefix)))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm import SamplingParams
-from vllm.sampling_params import StructuredOutputsParams
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from radix_plugin.api_server.core.sglang_request import SglItem, SglRequestError
 from radix_plugin.cache_manager.core.hints import (
@@ -87,9 +87,19 @@ def prefill_pin_ttl_from_env() -> float:
 
 
 def plan_item(
-    item: SglItem, prompt_len: int, limits: EngineLimits, prefix: str = "sampling_params"
+    item: SglItem,
+    prompt_len: int,
+    limits: EngineLimits,
+    prefix: str = "sampling_params",
+    *,
+    final_only: bool = False,
 ) -> Plan:
-    """The vLLM request for ``item`` (its prompt is ``prompt_len`` tokens long)."""
+    """The vLLM request for ``item`` (its prompt is ``prompt_len`` tokens long).
+
+    ``final_only`` (a non-streaming request) asks vLLM for the finished output alone, as
+    vLLM's own non-streaming completions do: otherwise its output processor builds, and the
+    API server's event loop wakes for, a cumulative output per sequence per step, which
+    on a CPU box takes time from the engine it shares cores with."""
     s = item.sampling
     input_name = "text" if item.text is not None else "input_ids"
     if prompt_len >= limits.max_model_len:
@@ -134,6 +144,7 @@ def plan_item(
         prompt_logprobs=item.top_logprobs_num if prompt_logprobs else None,
         structured_outputs=structured,
         extra_args=extra or None,
+        output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
     )
     return Plan(params=params, prefill_only=prefill_only)
 
