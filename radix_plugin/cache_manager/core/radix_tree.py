@@ -52,7 +52,10 @@ class RadixNode:
 
     Compact, because the vLLM glue keeps one node per KV block (10^5-10^6 of them): slots
     only; ``metadata`` is made on first use; children are ``None`` (a leaf), the one child
-    itself (a chain, the common case) or a dict keyed by first page (a branch).
+    itself (a chain, the common case) or a dict keyed by first page (a branch). A one-page
+    node of a one-node-per-block tree holds ``pages`` and ``blocks`` as one-element tuples:
+    it is never trimmed or split, and tuples of hashes and ints leave the cyclic garbage
+    collector's lists, which a full collection would otherwise walk per cached block.
     """
 
     __slots__ = (
@@ -75,8 +78,8 @@ class RadixNode:
 
     def __init__(
         self,
-        pages: list[Page],
-        blocks: list[int],
+        pages: list[Page] | tuple[Page],
+        blocks: list[int] | tuple[int],
         parent: RadixNode | None,
         namespace: Hashable = None,
         *,
@@ -472,7 +475,7 @@ class RadixTree:
             else:
                 while i < n:
                     node = self._new_leaf(
-                        node, [pages[i]], [blocks[i]], now, priority, origin, held=hold
+                        node, (pages[i],), (blocks[i],), now, priority, origin, held=hold
                     )
                     nodes.append(node)
                     i += 1
@@ -495,8 +498,8 @@ class RadixTree:
         chain: list[RadixNode] = []
         for page, block in zip(pages, blocks, strict=True):
             node = RadixNode(
-                [page],
-                [block],
+                (page,),
+                (block,),
                 parent,
                 namespace,
                 last_access=now,
@@ -518,8 +521,8 @@ class RadixTree:
     def _new_leaf(
         self,
         parent: RadixNode,
-        pages: list[Page],
-        blocks: list[int],
+        pages: list[Page] | tuple[Page],
+        blocks: list[int] | tuple[int],
         now: int,
         priority: int,
         origin: str,
@@ -993,7 +996,7 @@ def _inherits(policy: EvictionPolicy, hook: str) -> bool:
     return getattr(type(policy), hook) is getattr(EvictionPolicy, hook)
 
 
-def _common_pages(node_pages: list[Page], pages: Sequence[Page], start: int) -> int:
+def _common_pages(node_pages: Sequence[Page], pages: Sequence[Page], start: int) -> int:
     """How many of ``node_pages`` equal ``pages[start:]`` pairwise (O(matched·B))."""
     n = 0
     limit = min(len(node_pages), len(pages) - start)
