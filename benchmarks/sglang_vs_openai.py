@@ -41,13 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from results_io import machine, model_choices, write_results
+from sglang_side_by_side import PLUGIN_FLAGS  # the same plugin server as the SGLang benchmark
 
-PLUGIN_FLAGS = [
-    "--scheduler-cls",
-    "radix_plugin.RadixScheduler",
-    "--additional-config",
-    json.dumps({"radix_plugin": {"eviction": "adaptive", "schedule": "lpm"}}),
-]
 MAX_MODEL_LEN = 1024
 INSTRUCTION = "Write the record below as one JSON object with the person's first name and age.\n"
 """Over 64 characters: the frontend traces it as the batch's prefix and pre-caches it."""
