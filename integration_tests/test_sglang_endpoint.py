@@ -372,8 +372,8 @@ def test_prompt_logprob_rows_do_not_depend_on_the_start(server: str) -> None:
 )
 def test_non_streaming_answer_is_the_streams_last_event(server: str, extra: dict) -> None:
     """Non-streaming requests ask vLLM for the final output only: the answer must be what
-    the (cumulative) stream ends with, field for field, latency and cache hits aside (the
-    second request finds the first one's prompt cached)."""
+    the (cumulative) stream ends with, field for field, latency, cache hits (the second
+    request finds the first one's prompt cached) and the per-request id aside."""
     body = {"text": FEW_SHOT + "Q: What is the capital of Italy?\nA:", **extra}
     whole = _generate(server, body)
     with requests.post(
@@ -384,6 +384,7 @@ def test_non_streaming_answer_is_the_streams_last_event(server: str, extra: dict
     for answer in (whole, last):
         answer["meta_info"].pop("e2e_latency")
         answer["meta_info"].pop("cached_tokens")
+        assert answer["meta_info"].pop("id")
     assert whole == last
     assert whole["meta_info"]["completion_tokens"] == len(whole["output_ids"]) > 0
 
